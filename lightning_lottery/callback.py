@@ -1,0 +1,259 @@
+"""``LotteryTicket``: the callback that owns the mask and the rewind point inside one ``Trainer.fit``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from lightning_lottery import pruning
+from lightning_lottery.criteria import get_criterion
+from lightning_lottery.masks import Mask, MaskError, apply_mask_, check_fits, load_mask, ones_mask, prunable_parameters
+from lightning_lottery.rewind import RewindState, RewindStep, cpu_copy
+from lightning_lottery.ticket import Ticket
+
+
+class LotteryTicket(Callback):
+    r"""Train a masked network and keep the rewind point of a lottery-ticket search.
+
+    During ``fit``: gradients of pruned weights are zeroed before every optimizer step and the weights are masked
+    in place after it, so pruned weights stay exactly ``0.0``. The training state at ``rewind_to`` (weights and
+    buffers, optimizer and LR-scheduler state) is copied to CPU. After :meth:`prune`, the next ``fit`` (of a fresh
+    or the same ``Trainer``) starts at the rewind point with the new mask: surviving weights equal θk, pruned
+    weights and their optimizer state are zero, and the step/epoch counters continue from k.
+
+    Args:
+        mask: starting mask (``{name: BoolTensor}``) or a mask/ticket file; all weights alive when ``None``.
+        rewind_to: the rewind point: ``"0it"`` (θ0, the original hypothesis), ``"500it"`` or ``"2ep"``.
+        include: fnmatch patterns of parameter names to prune (default: weights of Linear and Conv layers).
+        exclude: patterns of parameter names never to prune.
+        rewind_point: a rewind point captured earlier (e.g. by the scheduler); the next fit starts from it.
+        ticket: a ticket file (mask + masked starting weights) to train again from step 0.
+
+    Example:
+        >>> import lightning.pytorch as pl
+        >>> from lightning_lottery import LotteryTicket
+        >>> from lightning_lottery.data import DigitsDataModule
+        >>> from lightning_lottery.models import LeNet300100
+        >>> model, data = LeNet300100(in_features=64), DigitsDataModule()
+        >>> lottery = LotteryTicket(rewind_to="0it")
+        >>> def trainer():
+        ...     return pl.Trainer(max_steps=5, callbacks=[lottery], logger=False, enable_checkpointing=False,
+        ...                       enable_progress_bar=False, enable_model_summary=False)
+        >>> trainer().fit(model, data)
+        >>> _ = lottery.prune(model, rate=0.2)    # 20% of the weights by magnitude
+        >>> trainer().fit(model, data)             # rewound to θ0 with the new mask, trained again
+        >>> round(lottery.remaining, 3)
+        0.8
+    """
+
+    def __init__(
+        self,
+        mask: Mapping[str, torch.Tensor] | str | os.PathLike | None = None,
+        *,
+        rewind_to: str | int = "0it",
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] = (),
+        rewind_point: RewindState | None = None,
+        ticket: str | os.PathLike | Ticket | None = None,
+    ) -> None:
+        self.rewind_step = RewindStep.parse(rewind_to)
+        self.include = list(include) if include is not None else None
+        self.exclude = list(exclude)
+        self.mask: Mask | None = _load_mask_arg(mask)
+        self.rewind_point = rewind_point
+        self.level = 0
+        if ticket is not None:
+            t = ticket if isinstance(ticket, Ticket) else Ticket.load(ticket)
+            self.mask = t.mask
+            self.rewind_point = RewindState(step=0, epoch=0, model=t.state)
+        self._pending_rewind = self.rewind_point is not None
+        self._params: list[torch.Tensor] = []
+        self._device_masks: list[torch.Tensor] = []
+        self._dense = True
+        self._stepped = False
+
+    # ------------------------------------------------------------------------------------------- Lightning API
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(rewind_to=str(self.rewind_step))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "mask": self.mask,
+            "rewind_to": str(self.rewind_step),
+            "rewind_point": self.rewind_point.state_dict() if self.rewind_point is not None else None,
+            "level": self.level,
+            "pending_rewind": self._pending_rewind,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.mask = state_dict["mask"]
+        self.rewind_step = RewindStep.parse(state_dict["rewind_to"])
+        rp = state_dict["rewind_point"]
+        self.rewind_point = RewindState.from_state_dict(rp) if rp is not None else None
+        self.level = int(state_dict["level"])
+        self._pending_rewind = bool(state_dict["pending_rewind"])
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._attach(pl_module)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._pending_rewind:
+            self._rewind(trainer, pl_module)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.rewind_step.unit == "ep":
+            self._maybe_capture(trainer, pl_module, trainer.current_epoch)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self.rewind_step.unit == "it":
+            self._maybe_capture(trainer, pl_module, trainer.global_step)
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        self._stepped = True
+        if not self._dense:
+            grads = {i: p.grad for i, p in enumerate(self._params) if p.grad is not None}
+            apply_mask_(grads, dict(enumerate(self._device_masks)))
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._stepped:
+            self._stepped = False
+            self._mask_weights()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.rewind_point is None and not trainer.interrupted:
+            raise RuntimeError(
+                f"rewind point {self.rewind_step} was never reached: training stopped at step {trainer.global_step}, "
+                f"epoch {trainer.current_epoch}. Choose an earlier `rewind_to` or train longer."
+            )
+
+    # ----------------------------------------------------------------------------------------------- public
+    @property
+    def remaining(self) -> float:
+        """Fraction of prunable weights alive under the current mask (1.0 before the first fit)."""
+        from lightning_lottery.masks import remaining
+
+        return remaining(self.mask) if self.mask is not None else 1.0
+
+    def prune(
+        self,
+        model: torch.nn.Module,
+        rate: float = 0.2,
+        *,
+        scope: Literal["global", "layerwise"] = "layerwise",
+        rates: Mapping[str, float] | None = None,
+        criterion: str = "magnitude",
+        generator: torch.Generator | None = None,
+    ) -> Mask:
+        """Prune a fraction ``rate`` of the alive weights of ``model`` (its current, trained weights) by ``criterion``.
+
+        The new mask becomes this callback's mask and the next fit starts from the rewind point. Returns the mask.
+        """
+        if self.rewind_point is None:
+            raise RuntimeError("no rewind point yet: fit the model with this callback before pruning")
+        params = prunable_parameters(model, self.include, self.exclude)
+        current = self.mask if self.mask is not None else ones_mask(params)
+        weights = {n: p.detach() for n, p in params.items()}
+        scores = get_criterion(criterion)(weights, generator=generator)
+        self.set_mask(pruning.prune(scores, {n: m.to(weights[n].device) for n, m in current.items()}, rate, scope=scope, rates=rates or {}))
+        return self.mask  # type: ignore[return-value]
+
+    def set_mask(self, mask: Mapping[str, torch.Tensor]) -> None:
+        """Use ``mask`` from now on; the next fit starts from the rewind point (a new level)."""
+        self.mask = {n: m.detach().to("cpu", torch.bool) for n, m in mask.items()}
+        self.level += 1
+        self._pending_rewind = True
+
+    def ticket(self, **metadata: Any) -> Ticket:
+        """The current ticket: the mask and the rewind-point state it starts from (θk ⊙ m)."""
+        if self.rewind_point is None or self.mask is None:
+            raise RuntimeError("no ticket yet: fit the model with this callback first")
+        return Ticket.from_state(self.rewind_point.model, self.mask, rewind_to=str(self.rewind_step), **metadata)
+
+    # ---------------------------------------------------------------------------------------------- private
+    def _attach(self, pl_module: pl.LightningModule) -> None:
+        params = prunable_parameters(pl_module, self.include, self.exclude)
+        if self.mask is None:
+            self.mask = {n: m.cpu() for n, m in ones_mask(params).items()}
+        check_fits(self.mask, params)
+        if self.rewind_point is not None:
+            Ticket(self.mask, self.rewind_point.model).check_fits(pl_module, params)
+        self._params = list(params.values())
+        self._device_masks = [self.mask[n].to(p.device) for n, p in params.items()]
+        self._dense = all(bool(m.all()) for m in self.mask.values())
+        self._mask_weights()
+
+    def _mask_weights(self) -> None:
+        if not self._dense:
+            apply_mask_(dict(enumerate(self._params)), dict(enumerate(self._device_masks)))
+
+    def _maybe_capture(self, trainer: pl.Trainer, pl_module: pl.LightningModule, position: int) -> None:
+        if self.rewind_point is not None or position < self.rewind_step.amount:
+            return
+        if position > self.rewind_step.amount:
+            raise RuntimeError(f"rewind point {self.rewind_step} was passed before it could be captured (at {position})")
+        self.rewind_point = RewindState(
+            step=trainer.global_step,
+            epoch=trainer.current_epoch,
+            model=cpu_copy(pl_module.state_dict()),
+            optimizers=[cpu_copy(opt.state_dict()) for opt in trainer.optimizers],
+            lr_schedulers=[cpu_copy(cfg.scheduler.state_dict()) for cfg in trainer.lr_scheduler_configs],
+        )
+
+    def _rewind(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        rp = self.rewind_point
+        assert rp is not None and self.mask is not None
+        pl_module.load_state_dict(rp.model)  # copies into the live tensors; rp stays untouched
+        if rp.optimizers:
+            if len(rp.optimizers) != len(trainer.optimizers):
+                raise MaskError(
+                    f"rewind point has {len(rp.optimizers)} optimizer state(s) but the model configures "
+                    f"{len(trainer.optimizers)} optimizer(s)"
+                )
+            for opt, state in zip(trainer.optimizers, rp.optimizers):
+                opt.load_state_dict(cpu_copy(state))  # a copy: the optimizer updates its state in place
+            for cfg, state in zip(trainer.lr_scheduler_configs, rp.lr_schedulers):
+                cfg.scheduler.load_state_dict(cpu_copy(state))
+        self._mask_weights()
+        named = dict(zip(range(len(self._params)), self._device_masks))
+        for opt in trainer.optimizers:
+            for i, p in enumerate(self._params):
+                for value in opt.state.get(p, {}).values():
+                    if isinstance(value, torch.Tensor) and value.shape == p.shape:
+                        value.mul_(named[i].to(value.device))
+        _set_loop_position(trainer, rp.step, rp.epoch)
+        self._pending_rewind = False
+
+
+def _load_mask_arg(mask: Mapping[str, torch.Tensor] | str | os.PathLike | None) -> Mask | None:
+    if mask is None:
+        return None
+    if isinstance(mask, (str, os.PathLike)):
+        return load_mask(mask)
+    return {n: m.detach().to("cpu", torch.bool) for n, m in mask.items()}
+
+
+def _set_loop_position(trainer: pl.Trainer, step: int, epoch: int) -> None:
+    """Make the fit loop continue from optimizer step ``step`` in epoch ``epoch`` (as a checkpoint restore does)."""
+    if step == 0 and epoch == 0:
+        return
+    epoch_loop = trainer.fit_loop.epoch_loop
+    if trainer.lightning_module.automatic_optimization:
+        tracker = epoch_loop.automatic_optimization.optim_progress.optimizer.step.total
+    else:
+        tracker = epoch_loop.manual_optimization.optim_step_progress.total
+    tracker.ready = tracker.completed = step
+    epoch_loop._batches_that_stepped = step
+    batches = epoch_loop.batch_progress.total  # step-based validation (val_check_interval) counts these
+    batches.ready = batches.started = batches.processed = batches.completed = step * trainer.accumulate_grad_batches
+    for progress in (trainer.fit_loop.epoch_progress.current, trainer.fit_loop.epoch_progress.total):
+        progress.ready = progress.started = progress.processed = progress.completed = epoch

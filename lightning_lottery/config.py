@@ -1,0 +1,104 @@
+"""``LotteryConfig``: the typed, hashable settings of a ticket search (the ``lottery:`` section of a recipe)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from lightning_lottery.rewind import RewindStep
+from lightning_lottery.store import config_hash
+
+
+#: Fields that do not change results: they may differ when an experiment is resumed.
+NOT_IDENTITY = ("out_dir", "keep_checkpoints", "checkpoint_every_n_steps")
+
+
+@dataclass(frozen=True)
+class LotteryConfig:
+    """Settings of an iterative-magnitude-pruning experiment.
+
+    Args:
+        levels: pruning levels after the dense level 0 (``levels=3`` trains 4 networks).
+        rate: fraction of the alive weights pruned per level, in (0, 1).
+        rates: per-parameter overrides of ``rate`` by fnmatch pattern, in [0, 1) (0 = never pruned), e.g.
+            ``{"net.fc3.weight": 0.1}`` for the paper's output layer at half the rate.
+        scope: ``"layerwise"`` (each parameter loses ``rate`` of its weights) or ``"global"`` (one threshold).
+        rewind_to: rewind point: ``"0it"`` (θ0), ``"500it"`` or ``"2ep"``.
+        criterion: scoring function by name (``"magnitude"``, ``"random"``).
+        include: fnmatch patterns of parameters to prune (default: weights of Linear and Conv layers).
+        exclude: fnmatch patterns of parameters never to prune.
+        val_every_n_steps: validate every this many training batches (the paper: 100); ``None`` keeps the trainer's.
+        seed: global seed set before every level.
+        out_dir: the experiment directory.
+        name: experiment name (the id is ``name-<hash>``).
+        checkpoint_every_n_steps: write the mid-level checkpoint that a rerun resumes from every this many steps
+            (default: every 10 validations, or every epoch when ``val_every_n_steps`` is ``None``).
+        keep_checkpoints: keep each level's mid-level checkpoints after the level is done.
+
+    Example:
+        >>> from lightning_lottery.config import LotteryConfig
+        >>> LotteryConfig(levels=3, rates={"net.fc3.weight": 0.1}).remaining_after(3) > 0.5
+        True
+        >>> LotteryConfig(rate=1.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: lottery.rate must be in (0, 1), got 1.5
+    """
+
+    levels: int = 5
+    rate: float = 0.2
+    rates: dict[str, float] = field(default_factory=dict)
+    scope: Literal["layerwise", "global"] = "layerwise"
+    rewind_to: str = "0it"
+    criterion: str = "magnitude"
+    include: Optional[list[str]] = None
+    exclude: list[str] = field(default_factory=list)
+    val_every_n_steps: Optional[int] = 100
+    seed: int = 0
+    out_dir: str = "experiments/default"
+    name: str = "lottery"
+    checkpoint_every_n_steps: Optional[int] = None
+    keep_checkpoints: bool = False
+
+    def __post_init__(self) -> None:
+        from lightning_lottery.criteria import available_criteria
+
+        if isinstance(self.levels, bool) or not isinstance(self.levels, int) or self.levels < 0:
+            raise ValueError(f"lottery.levels must be an integer >= 0, got {self.levels!r}")
+        if not 0.0 < float(self.rate) < 1.0:
+            raise ValueError(f"lottery.rate must be in (0, 1), got {self.rate!r}")
+        for pattern, value in self.rates.items():
+            if not 0.0 <= float(value) < 1.0:
+                raise ValueError(f"lottery.rates[{pattern!r}] must be in [0, 1), got {value!r}")
+        if self.scope not in ("layerwise", "global"):
+            raise ValueError(f"lottery.scope must be 'layerwise' or 'global', got {self.scope!r}")
+        try:
+            RewindStep.parse(self.rewind_to)
+        except ValueError as err:
+            raise ValueError(f"lottery.rewind_to: {err}") from None
+        if self.criterion not in available_criteria():
+            raise ValueError(f"lottery.criterion {self.criterion!r} is unknown; available: {available_criteria()}")
+        for key in ("val_every_n_steps", "checkpoint_every_n_steps"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ValueError(f"lottery.{key} must be a positive integer or null, got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that change results (what binds an experiment directory): all but where files go."""
+        return {k: v for k, v in self.to_dict().items() if k not in NOT_IDENTITY}
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the settings (stable across runs and machines)."""
+        return config_hash(self.to_dict())
+
+    def __hash__(self) -> int:
+        return int(self.digest[:15], 16)
+
+    def remaining_after(self, level: int) -> float:
+        """Nominal fraction remaining after ``level`` levels at the default rate (overrides not counted)."""
+        return (1.0 - self.rate) ** level

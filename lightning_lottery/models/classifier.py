@@ -1,0 +1,100 @@
+"""A LightningModule base for the reference classifiers: loss, accuracy, logging, optimizer."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning import LightningModule
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+__all__ = ["ImageClassifier", "OptimizerName"]
+
+OptimizerName = Literal["adam", "adamw", "sgd"]
+
+
+class ImageClassifier(LightningModule):
+    """Cross-entropy classification around ``self.net``, which subclasses build.
+
+    Logs ``train_loss`` (every step, progress bar), ``val_loss``/``val_acc`` and ``test_loss``/``test_acc``
+    (per epoch; accuracy is the fraction of correct predictions). ``configure_optimizers`` reads the
+    hyperparameters that subclasses store with ``save_hyperparameters()``: ``optimizer`` ("adam", "adamw"
+    or "sgd"), ``lr``, ``momentum`` (sgd only), ``weight_decay``, and optionally ``milestones`` + ``gamma``
+    for a step-based ``MultiStepLR`` (milestones count optimizer steps, not epochs).
+
+    Example:
+        >>> class Linear(ImageClassifier):
+        ...     def __init__(self, lr: float = 0.1, optimizer: str = "sgd") -> None:
+        ...         super().__init__(num_classes=3)
+        ...         self.save_hyperparameters()
+        ...         self.net = torch.nn.Linear(4, 3)
+        >>> model = Linear()
+        >>> model(torch.zeros(2, 4)).shape
+        torch.Size([2, 3])
+        >>> type(model.configure_optimizers()["optimizer"]).__name__
+        'SGD'
+    """
+
+    net: nn.Module
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Class logits for a batch of inputs."""
+        return self.net(x)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, accuracy: MulticlassAccuracy) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        accuracy.update(logits, y)
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        self.log(f"{stage}_acc", accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._evaluate(batch, "val", self.val_acc)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._evaluate(batch, "test", self.test_acc)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x)
+
+    def configure_optimizers(self) -> Any:
+        """The optimizer named by ``hparams.optimizer`` and, with ``milestones``, a per-step MultiStepLR."""
+        hp = self.hparams
+        name = str(hp.get("optimizer", "adam")).lower()
+        lr = float(hp.get("lr", 1e-3))
+        weight_decay = float(hp.get("weight_decay", 0.0))
+        params = self.parameters()
+        optimizer: torch.optim.Optimizer
+        if name == "adam":
+            optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        elif name == "adamw":
+            optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        elif name == "sgd":
+            momentum = float(hp.get("momentum", 0.0))
+            optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        else:
+            raise ValueError(f"unknown optimizer {name!r}; expected 'adam', 'adamw' or 'sgd'")
+        milestones = hp.get("milestones")
+        if not milestones:
+            return {"optimizer": optimizer}
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=list(milestones), gamma=float(hp.get("gamma", 0.1))
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,482 @@
+"""Pruning: from scores + the current mask + rates to the next mask. Pure torch, no Lightning.
+
+One call of :func:`prune` is one level of iterative pruning: it removes a fraction of the weights that are
+*still alive* (pruned weights are never candidates and never revived), either per parameter (``"layerwise"``)
+or across a pool of parameters with a single score threshold (``"global"``). :func:`prune_to` is one-shot
+pruning to a target fraction of weights remaining.
+
+Selection is exact and deterministic: the weights with the smallest scores go first and, among equal scores,
+the one with the lower flat index (for ``"global"``: the lower index in the concatenation of the parameters in
+mask order). The k-th smallest score is found by selection on a small bracket of candidates (located by
+sampling), never by sorting all the scores, so global pruning of 1e8 weights takes a few vectorized passes.
+
+Example:
+    >>> import torch
+    >>> from lightning_lottery.pruning import prune
+    >>> scores = {"a": torch.tensor([4.0, 1.0, 3.0, 2.0]), "b": torch.tensor([0.5, 5.0])}
+    >>> mask = {"a": torch.ones(4, dtype=torch.bool), "b": torch.ones(2, dtype=torch.bool)}
+    >>> prune(scores, mask, 0.5, scope="layerwise")
+    {'a': tensor([ True, False,  True, False]), 'b': tensor([False,  True])}
+    >>> prune(scores, mask, 0.5, scope="global")
+    {'a': tensor([ True, False,  True, False]), 'b': tensor([False,  True])}
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import sys
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from numbers import Integral, Real
+from typing import Literal
+
+import torch
+
+from lightning_lottery.masks import Mask
+
+Scope = Literal["global", "layerwise"]
+
+#: Pools with at most this many alive weights are selected directly (no sampling).
+_DIRECT_LIMIT = 1 << 22
+#: Number of alive scores sampled to bracket the threshold in large pools.
+_SAMPLE_SIZE = 1 << 16
+#: Chunk size used to locate the first ``n`` tied weights without an int64 cumsum over the whole tensor.
+_CHUNK = 1 << 20
+
+
+class PruningError(ValueError):
+    """Invalid pruning request: bad rate, unknown pattern, NaN scores, or scores that do not fit the mask."""
+
+
+# -------------------------------------------------------------------------------------------- counting
+
+
+def _exact(x: float) -> Fraction:
+    """``x`` as the decimal it is written as (``0.2`` is exactly 1/5), so counts do not depend on binary rounding."""
+    return Fraction(repr(float(x)))
+
+
+def _round_half_up(x: Fraction) -> int:
+    return math.floor(x + Fraction(1, 2))
+
+
+def _check_fraction(
+    value: object, what: str, *, low_open: bool, high_open: bool, low: float = 0.0, high: float = 1.0
+) -> float:
+    """``value`` as a float, or ``PruningError`` naming it if it is not a finite number in the interval."""
+    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(float(value))
+    if ok:
+        v = float(value)  # type: ignore[arg-type]
+        ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise PruningError(f"{what} must be a number in {interval}, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def pruning_count(alive: int, rate: float) -> int:
+    """How many of ``alive`` weights one level at ``rate`` removes: ``floor(rate * alive + 0.5)``.
+
+    That is ``rate * alive`` rounded to the nearest integer, halves rounded up. The product is computed exactly
+    with ``rate`` taken as the decimal it is written as (``0.2`` means 1/5), so the count never depends on
+    binary floating-point rounding.
+
+    Example:
+        >>> pruning_count(1000, 0.2), pruning_count(150528, 0.2), pruning_count(5, 0.5), pruning_count(0, 0.2)
+        (200, 30106, 3, 0)
+    """
+    if isinstance(alive, bool) or not isinstance(alive, Integral) or alive < 0:
+        raise PruningError(f"alive must be a non-negative integer, got {alive!r}")
+    r = _check_fraction(rate, "rate", low_open=False, high_open=False)
+    return _round_half_up(_exact(r) * int(alive))
+
+
+def _keep_count(total: int, target: float) -> int:
+    """Weights kept out of ``total`` at a remaining fraction ``target``: ``floor(target * total + 0.5)``."""
+    return _round_half_up(_exact(target) * total)
+
+
+# --------------------------------------------------------------------------------------------- rates
+
+
+def _resolve(
+    names: Sequence[str],
+    default: float,
+    overrides: Mapping[str, float],
+    *,
+    what: str,
+    default_check: dict[str, bool],
+    override_check: dict[str, bool],
+) -> tuple[dict[str, float], set[str]]:
+    """Per-name value from a default and fnmatch-pattern overrides (last matching pattern wins)."""
+    value = _check_fraction(default, what, **default_check)
+    overrides = overrides or {}
+    out = {n: value for n in names}
+    overridden: set[str] = set()
+    for pattern, v in overrides.items():
+        if not isinstance(pattern, str):
+            raise PruningError(f"{what} override pattern must be a string, got {pattern!r}")
+        v = _check_fraction(v, f"{what} override {pattern!r}", **override_check)
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            raise PruningError(
+                f"{what} override pattern {pattern!r} matches no prunable parameter (names: {list(names)})"
+            )
+        for n in hits:
+            out[n] = v
+            overridden.add(n)
+    return out, overridden
+
+
+_RATE_DEFAULT = {"low_open": True, "high_open": True}
+_RATE_OVERRIDE = {"low_open": False, "high_open": True}
+_TARGET_DEFAULT = {"low_open": True, "high_open": False}
+_TARGET_OVERRIDE = {"low_open": True, "high_open": False}
+
+
+def resolve_rates(names: Sequence[str], rate: float, rates: Mapping[str, float]) -> dict[str, float]:
+    """The pruning rate of each parameter name.
+
+    ``rate`` (in ``(0, 1)``) applies to every name unless a key of ``rates`` matches it: keys are fnmatch patterns
+    over parameter names (``"fc3.weight"``, ``"features.*"``) and, when several match, the last one in mapping
+    order wins. An override is in ``[0, 1)``; ``0`` means the parameter is never pruned. A pattern that matches
+    no name, or a value out of range, raises :class:`PruningError` naming it.
+
+    Example:
+        >>> resolve_rates(["conv.weight", "fc1.weight", "fc2.weight"], 0.2, {"fc*": 0.1, "fc2.weight": 0.0})
+        {'conv.weight': 0.2, 'fc1.weight': 0.1, 'fc2.weight': 0.0}
+    """
+    return _resolve(
+        names, rate, rates, what="rate", default_check=_RATE_DEFAULT, override_check=_RATE_OVERRIDE
+    )[0]
+
+
+# ------------------------------------------------------------------------------------------- selection
+
+
+@dataclass
+class _Layer:
+    name: str
+    score: torch.Tensor  # flat, comparable dtype, on the score's device
+    alive: torch.Tensor  # flat bool, on the score's device (may alias the input mask: never written)
+    shape: torch.Size
+    out_device: torch.device  # the input mask's device
+    n_alive: int
+    numel: int
+
+
+def _comparable(score: torch.Tensor) -> torch.Tensor:
+    """Scores in a dtype where Python-scalar comparisons and kthvalue are exact."""
+    if score.dtype in (torch.float32, torch.float64):
+        return score
+    if score.is_floating_point():
+        return score.to(torch.float32)  # half/bfloat16 are exact in float32
+    if score.is_complex():
+        raise PruningError("scores must be real numbers, got a complex tensor")
+    return score.to(torch.float64)
+
+
+def _has_nan(x: torch.Tensor) -> bool:
+    """Whether ``x`` has a NaN; a finite sum (one cheap reduction) rules it out in the common case."""
+    if not x.is_floating_point() or x.numel() == 0:
+        return False
+    return not bool(torch.isfinite(x.sum())) and bool(torch.isnan(x).any())
+
+
+def _prepare(scores: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor]) -> list[_Layer]:
+    """Validate scores against the mask and flatten both, in mask order."""
+    for name in scores:
+        if name not in mask:
+            raise PruningError(f"scores have parameter {name!r} that the mask does not have")
+    layers = []
+    for name, m in mask.items():
+        if name not in scores:
+            raise PruningError(f"scores lack parameter {name!r} of the mask")
+        s = scores[name]
+        if not isinstance(s, torch.Tensor) or not isinstance(m, torch.Tensor):
+            raise PruningError(f"scores and mask of {name!r} must be tensors")
+        if m.dtype != torch.bool:
+            raise PruningError(f"mask of {name!r} has dtype {m.dtype}, expected torch.bool")
+        if tuple(s.shape) != tuple(m.shape):
+            raise PruningError(
+                f"scores of {name!r} have shape {tuple(s.shape)} but its mask has shape {tuple(m.shape)}"
+            )
+        s = _comparable(s.detach()).reshape(-1)
+        alive = m.reshape(-1).to(s.device)
+        if _has_nan(s) and bool(torch.isnan(s).logical_and_(alive).any()):
+            raise PruningError(f"scores of {name!r} contain NaN")
+        n_alive = int(torch.count_nonzero(alive))
+        layers.append(_Layer(name, s, alive, m.shape, m.device, n_alive, m.numel()))
+    return layers
+
+
+def _count(x: torch.Tensor) -> int:
+    return int(torch.count_nonzero(x))
+
+
+def _sample_bracket(pool: list[_Layer], k: int, n_alive: int) -> tuple[float, float] | None:
+    """Bounds ``lo <= hi`` that very likely enclose the k-th smallest alive score, from a random sample."""
+    total = sum(layer.numel for layer in pool)
+    n_draw = math.ceil(_SAMPLE_SIZE * total / n_alive)
+    if n_draw > total // 4:
+        return None
+    gen = torch.Generator().manual_seed(0)  # only speed depends on the sample, never the result
+    samples = []
+    for layer in pool:
+        n = math.ceil(n_draw * layer.numel / total)
+        if layer.n_alive == 0 or n == 0:
+            continue
+        pos = torch.randint(layer.numel, (n,), generator=gen).to(layer.score.device)
+        picked = layer.score[pos][layer.alive[pos]]
+        samples.append(picked.to(pool[0].score.device))
+    sample = torch.sort(torch.cat(samples)).values if samples else torch.empty(0)
+    size = sample.numel()
+    if size < 1024:
+        return None
+    q = k / n_alive
+    rank = q * size
+    margin = 5.0 * math.sqrt(size * q * (1.0 - q)) + 16.0
+    lo_i, hi_i = math.floor(rank - margin), math.ceil(rank + margin)
+    lo = sample[lo_i].item() if lo_i >= 0 else -math.inf
+    hi = sample[hi_i].item() if hi_i < size else math.inf
+    return lo, hi
+
+
+def _in_bracket(layer: _Layer, lo: float, hi: float) -> torch.Tensor:
+    """Alive entries with ``lo <= score <= hi`` (may alias ``layer.alive``: never write to the result)."""
+    inside = layer.alive
+    if lo != -math.inf:
+        inside = (layer.score >= lo).logical_and_(inside)
+    if hi != math.inf:
+        inside = (layer.score <= hi).logical_and_(inside)
+    return inside
+
+
+def _threshold(pool: list[_Layer], k: int) -> tuple[float, list[int], list[int]]:
+    """The k-th smallest alive score ``t`` of the pool (``1 <= k <= alive``) and, per layer, the numbers of alive
+    scores ``< t`` and ``== t``. Exact: a sampled bracket only limits which scores are selected upon."""
+    n_alive = sum(layer.n_alive for layer in pool)
+    lo, hi = -math.inf, math.inf
+    if n_alive > _DIRECT_LIMIT:
+        bracket = _sample_bracket(pool, k, n_alive)
+        if bracket is not None:
+            lo, hi = bracket
+    while True:  # count the alive scores below the bracket and gather those inside it (when few)
+        below: list[int] = []
+        n_cand: list[int] = []
+        cands: list[torch.Tensor] | None = []
+        for layer in pool:
+            inside = _in_bracket(layer, lo, math.inf)
+            n_ge = layer.n_alive if lo == -math.inf else _count(inside)
+            below.append(layer.n_alive - n_ge)
+            if hi != math.inf:
+                inside = (layer.score <= hi).logical_and_(inside)
+            n_cand.append(n_ge if hi == math.inf else _count(inside))
+            if cands is not None and lo != hi and sum(n_cand) <= _DIRECT_LIMIT:
+                cands.append(layer.score[inside])
+            else:
+                cands = None
+            del inside
+        c_lo = sum(below)
+        if c_lo >= k:  # the sampled bracket missed (rare): widen it and count again
+            lo = -math.inf
+        elif c_lo + sum(n_cand) < k:
+            hi = math.inf
+        else:
+            break
+    if lo == hi:  # every candidate equals the threshold
+        return lo, below, n_cand
+    if cands is None:  # many candidates: maybe a big tie at a bound settles it without selection
+        for t in (lo, hi):
+            if t in (-math.inf, math.inf):
+                continue
+            eq = [_count((layer.score == t).logical_and_(layer.alive)) for layer in pool]
+            lt = below if t == lo else [b + n - e for b, n, e in zip(below, n_cand, eq)]
+            if sum(lt) < k <= sum(lt) + sum(eq):
+                return t, lt, eq
+        cands = [layer.score[_in_bracket(layer, lo, hi)] for layer in pool]
+    device = pool[0].score.device
+    t = float(torch.kthvalue(torch.cat([c.to(device) for c in cands]), k - c_lo).values.item())
+    lt = [b + _count(c < t) for b, c in zip(below, cands)]
+    eq = [_count(c == t) for c in cands]
+    return t, lt, eq
+
+
+def _clear_first_true_(flat: torch.Tensor, n: int) -> None:
+    """Set the first ``n`` True entries of a flat bool tensor to False, in place, chunk by chunk (no int64 copy)."""
+    for chunk in flat.split(_CHUNK):  # views into ``flat``
+        if n <= 0:
+            return
+        c = _count(chunk)
+        if c <= n:
+            if c:
+                chunk.fill_(False)
+            n -= c
+        else:
+            chunk[torch.nonzero(chunk).squeeze(1)[:n]] = False
+            return
+
+
+def _new_mask(layer: _Layer, t: float, prune_ties: int, ties: int) -> torch.Tensor:
+    """Alive weights scored above ``t``, plus the tied ones left after pruning the first ``prune_ties`` of them."""
+    keep = (layer.score > t).logical_and_(layer.alive)
+    if prune_ties < ties:
+        eq = (layer.score == t).logical_and_(layer.alive)
+        _clear_first_true_(eq, prune_ties)
+        keep.logical_or_(eq)
+    return keep
+
+
+def _finish(layer: _Layer, flat: torch.Tensor) -> torch.Tensor:
+    return flat.reshape(layer.shape).to(layer.out_device)
+
+
+def _warn(message: str) -> None:
+    """``warnings.warn`` attributed to the first caller outside this module."""
+    level, frame = 1, sys._getframe(0)
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, stacklevel=level)
+
+
+def _clamp(layer: _Layer, count: int, min_alive: int) -> int:
+    """``count`` limited so that ``min_alive`` weights stay alive, with a warning when that changes it."""
+    limit = max(0, layer.n_alive - min_alive)
+    if count > limit:
+        _warn(
+            f"pruning {count} of the {layer.n_alive} alive weights of {layer.name!r} would leave fewer than "
+            f"min_alive={min_alive}; pruning {limit} instead"
+        )
+        return limit
+    return count
+
+
+def _prune_layer(layer: _Layer, count: int) -> torch.Tensor:
+    """Remove the ``count`` alive weights of one layer with the smallest scores (lower index first on ties)."""
+    if count <= 0:
+        return _finish(layer, layer.alive.clone())
+    t, lt, eq = _threshold([layer], count)
+    return _finish(layer, _new_mask(layer, t, count - lt[0], eq[0]))
+
+
+def _prune_pool(pool: list[_Layer], k: int, min_alive: int) -> dict[str, torch.Tensor]:
+    """Remove the ``k`` alive weights of the pool with the smallest scores, with one threshold."""
+    if k <= 0 or not pool:
+        return {layer.name: _finish(layer, layer.alive.clone()) for layer in pool}
+    if len({layer.score.dtype for layer in pool}) > 1:  # one dtype, so that one threshold compares exactly
+        pool = [replace(layer, score=layer.score.to(torch.float64)) for layer in pool]
+    t, lt, eq = _threshold(pool, k)
+    ties_left = k - sum(lt)
+    out = {}
+    for layer, n_lt, n_eq in zip(pool, lt, eq):
+        take = min(n_eq, ties_left)
+        ties_left -= take
+        count = n_lt + take
+        clamped = _clamp(layer, count, min_alive)
+        if clamped < count:  # a subset of what the threshold would prune: the layer's own smallest scores
+            out[layer.name] = _prune_layer(layer, clamped)
+        else:
+            out[layer.name] = _finish(layer, _new_mask(layer, t, take, n_eq))
+    return out
+
+
+def _check_common(scope: object, min_alive: object) -> None:
+    if scope not in ("global", "layerwise"):
+        raise PruningError(f"scope must be 'global' or 'layerwise', got {scope!r}")
+    if isinstance(min_alive, bool) or not isinstance(min_alive, int) or min_alive < 0:
+        raise PruningError(f"min_alive must be a non-negative integer, got {min_alive!r}")
+
+
+# ---------------------------------------------------------------------------------------------- public
+
+
+def prune(
+    scores: Mapping[str, torch.Tensor],
+    mask: Mapping[str, torch.Tensor],
+    rate: float,
+    *,
+    scope: Scope = "layerwise",
+    rates: Mapping[str, float] = {},  # noqa: B006 - read only
+    min_alive: int = 1,
+) -> Mask:
+    """One level of iterative pruning: remove a fraction ``rate`` of the weights that are still alive.
+
+    ``"layerwise"``: each parameter loses ``pruning_count(alive, its rate)`` weights (rates from
+    :func:`resolve_rates`). ``"global"``: the parameters without an override in ``rates`` form one pool that loses
+    ``pruning_count(alive in the pool, rate)`` weights below one score threshold; overridden parameters are pruned
+    layerwise at their own rate. The smallest scores go first; on equal scores the lower flat index goes first
+    (global: index in the concatenation in mask order). Pruned weights are never candidates and never revived.
+    No parameter is left with fewer than ``min_alive`` alive weights: its count is clamped, with a warning
+    (for global scope the pool then loses fewer weights; nothing is redistributed).
+
+    Returns new bool masks on the input masks' devices; the input is not modified. Raises :class:`PruningError`
+    for NaN scores, scores and mask that disagree in names or shapes, and invalid rates or patterns.
+
+    Example:
+        >>> import torch
+        >>> s = {"w": torch.tensor([1.0, 1.0, 1.0, 0.5, 2.0])}
+        >>> m = {"w": torch.tensor([True, True, True, True, False])}
+        >>> prune(s, m, 0.5)["w"]  # 2 of the 4 alive: the 0.5, then the lowest-index 1.0
+        tensor([False,  True,  True, False, False])
+    """
+    _check_common(scope, min_alive)
+    layers = _prepare(scores, mask)
+    per_name, overridden = _resolve(
+        [layer.name for layer in layers], rate, rates, what="rate",
+        default_check=_RATE_DEFAULT, override_check=_RATE_OVERRIDE,
+    )  # fmt: skip
+    out: dict[str, torch.Tensor] = {}
+    pool = [layer for layer in layers if scope == "global" and layer.name not in overridden]
+    if pool:
+        k = pruning_count(sum(layer.n_alive for layer in pool), per_name[pool[0].name])
+        out.update(_prune_pool(pool, k, min_alive))
+    for layer in layers:
+        if layer.name not in out:
+            count = _clamp(layer, pruning_count(layer.n_alive, per_name[layer.name]), min_alive)
+            out[layer.name] = _prune_layer(layer, count)
+    return {layer.name: out[layer.name] for layer in layers}
+
+
+def prune_to(
+    scores: Mapping[str, torch.Tensor],
+    mask: Mapping[str, torch.Tensor],
+    target: float,
+    *,
+    scope: Scope = "layerwise",
+    targets: Mapping[str, float] = {},  # noqa: B006 - read only
+    min_alive: int = 1,
+) -> Mask:
+    """One-shot pruning to a fraction ``target`` in ``(0, 1]`` of weights remaining.
+
+    The kept count is ``floor(target * total + 0.5)`` of each parameter's total (``"layerwise"``) or of the pool's
+    total (``"global"``, the parameters without an override in ``targets``). ``targets`` maps fnmatch patterns to
+    per-parameter remaining fractions in ``(0, 1]`` (``1`` = untouched; the last matching pattern wins); those
+    parameters are pruned layerwise. Weights already pruned count as removed and are never revived: if fewer
+    than the target are alive, nothing changes. Selection, ties, ``min_alive`` and errors are as in :func:`prune`.
+
+    Example:
+        >>> import torch
+        >>> s = {"w": torch.arange(10.0)}
+        >>> prune_to(s, {"w": torch.ones(10, dtype=torch.bool)}, 0.3)["w"].nonzero().flatten().tolist()
+        [7, 8, 9]
+    """
+    _check_common(scope, min_alive)
+    layers = _prepare(scores, mask)
+    per_name, overridden = _resolve(
+        [layer.name for layer in layers], target, targets, what="target",
+        default_check=_TARGET_DEFAULT, override_check=_TARGET_OVERRIDE,
+    )  # fmt: skip
+    out: dict[str, torch.Tensor] = {}
+    pool = [layer for layer in layers if scope == "global" and layer.name not in overridden]
+    if pool:
+        n_alive = sum(layer.n_alive for layer in pool)
+        keep = _keep_count(sum(layer.numel for layer in pool), per_name[pool[0].name])
+        out.update(_prune_pool(pool, max(0, n_alive - keep), min_alive))
+    for layer in layers:
+        if layer.name not in out:
+            count = max(0, layer.n_alive - _keep_count(layer.numel, per_name[layer.name]))
+            out[layer.name] = _prune_layer(layer, _clamp(layer, count, min_alive))
+    return {layer.name: out[layer.name] for layer in layers}

@@ -1,0 +1,121 @@
+"""The rewind point: when it is (``"0it"``, ``"500it"``, ``"2ep"``) and what it holds (a copy of the training state).
+
+Pure torch, no Lightning.
+
+Example:
+    >>> from lightning_lottery.rewind import RewindStep
+    >>> RewindStep.parse("500it")
+    RewindStep(amount=500, unit='it')
+    >>> str(RewindStep.parse(0))
+    '0it'
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+_STEP_RE = re.compile(r"^\s*(\d+)\s*(it|ep)\s*$")
+
+
+@dataclass(frozen=True)
+class RewindStep:
+    """A point in training: ``amount`` iterations (optimizer steps, ``"it"``) or epochs (``"ep"``)."""
+
+    amount: int
+    unit: Literal["it", "ep"] = "it"
+
+    @classmethod
+    def parse(cls, value: str | int | RewindStep) -> RewindStep:
+        """Parse ``"500it"``, ``"2ep"`` or a plain number of iterations; raise ``ValueError`` naming bad input."""
+        if isinstance(value, RewindStep):
+            return value
+        if isinstance(value, bool):
+            raise ValueError(f"rewind point {value!r}: expected e.g. '0it', '500it' or '2ep'")
+        if isinstance(value, int):
+            if value < 0:
+                raise ValueError(f"rewind point {value!r}: must be >= 0")
+            return cls(value, "it")
+        match = _STEP_RE.match(str(value))
+        if not match:
+            raise ValueError(f"rewind point {value!r}: expected a number followed by 'it' or 'ep', e.g. '0it', '500it' or '2ep'")
+        return cls(int(match.group(1)), match.group(2))  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        return f"{self.amount}{self.unit}"
+
+
+def cpu_copy(obj: Any) -> Any:
+    """A deep copy of ``obj`` with every tensor detached and copied to CPU (never an alias of a live tensor)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        out = copy.copy(obj)  # keeps OrderedDict/Counter types
+        for k, v in obj.items():
+            out[k] = cpu_copy(v)
+        return out
+    if isinstance(obj, list):
+        return [cpu_copy(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(cpu_copy(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+@dataclass
+class RewindState:
+    """A copy, kept on CPU, of the training state at the rewind point.
+
+    ``model`` is the module's ``state_dict`` (parameters and buffers, e.g. BatchNorm statistics); ``optimizers``
+    and ``lr_schedulers`` hold their ``state_dict()`` in the trainer's order. ``step``/``epoch`` say where training
+    was. Saved with ``torch.save`` and read back with ``weights_only=True`` (plain containers of tensors and numbers).
+    """
+
+    step: int
+    epoch: int
+    model: dict[str, torch.Tensor]
+    optimizers: list[dict[str, Any]] = field(default_factory=list)
+    lr_schedulers: list[dict[str, Any]] = field(default_factory=list)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "model": self.model,
+            "optimizers": self.optimizers,
+            "lr_schedulers": self.lr_schedulers,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> RewindState:
+        return cls(
+            step=int(state["step"]),
+            epoch=int(state["epoch"]),
+            model=dict(state["model"]),
+            optimizers=list(state.get("optimizers", [])),
+            lr_schedulers=list(state.get("lr_schedulers", [])),
+        )
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically to ``path``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> RewindState:
+        """Read a file written by :meth:`save` (``weights_only=True``: no arbitrary code is unpickled)."""
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as err:
+            raise ValueError(f"{path}: not a readable rewind-point file ({err})") from err
+        return cls.from_state_dict(state)

@@ -1,0 +1,153 @@
+"""The ``lightning-lottery`` command: recipes parse, bad input is rejected before writing, runs resume after SIGKILL."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lightning_lottery.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "recipes" / "lenet300_digits_smoke.yaml")
+DEFAULT = str(ROOT / "recipes" / "lenet300_fashion_mnist.yaml")
+FAST = ["--trainer.max_steps", "20", "--lottery.val_every_n_steps", "10", "--quiet", "true"]
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lightning_lottery.cli", *args]
+
+
+def test_print_config(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["find", "--config", SMOKE, "--print_config"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "class_path: lightning_lottery.models.LeNet300100" in out and "rate: 0.2" in out
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        (["--lottery.rate", "1.5"], "lottery.rate"),
+        (["--lottery.rate", "0"], "lottery.rate"),
+        (["--lottery.levels", "-2"], "lottery.levels"),
+        (["--lottery.rewind_to", "soon"], "rewind_to"),
+        (["--lottery.scope", "everywhere"], "lottery.scope"),
+        (["--lottery.bogus", "1"], "bogus"),
+        (["--trainer.max_stepz", "3"], "max_stepz"),
+    ],
+)
+def test_invalid_input_rejected_before_anything_is_written(tmp_path, capsys, override, message):
+    out_dir = tmp_path / "exp"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["find", "--config", SMOKE, "--lottery.out_dir", str(out_dir), *override])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not out_dir.exists()
+
+
+def test_unknown_key_in_recipe_file(tmp_path, capsys):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(Path(SMOKE).read_text().replace("  levels: 3", "  levels: 3\n  leveles: 4"))
+    with pytest.raises(SystemExit):
+        main(["find", "--config", str(recipe), "--lottery.out_dir", str(tmp_path / "exp")])
+    assert "leveles" in capsys.readouterr().err
+    assert not (tmp_path / "exp").exists()
+
+
+def test_smoke_recipe_end_to_end(tmp_path):
+    out_dir = tmp_path / "exp"
+    proc = subprocess.run(
+        cli("find", "--config", SMOKE, "--lottery.out_dir", str(out_dir), "--lottery.levels", "2",
+            "--trainer.max_steps", "30", "--lottery.val_every_n_steps", "10"),
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(out_dir / "results.csv")))
+    assert [r["level"] for r in rows] == ["0", "1", "2"]
+    # LeNet 64-300-100-10 with hidden 20% / output 10%: 50200 → 40260 → 32298
+    assert [r["alive"] for r in rows] == ["50200", "40260", "32298"]
+    assert "level 2/2" in proc.stderr and "% remaining" in proc.stderr  # progress lines and the final table
+    assert float(rows[0]["test_acc"]) > 0.5
+
+
+def test_default_recipe_runs_on_real_data(tmp_path):
+    out_dir = tmp_path / "exp"
+    assert main(["find", "--config", DEFAULT, "--lottery.out_dir", str(out_dir), "--lottery.levels", "1", *FAST]) == 0
+    rows = list(csv.DictReader(open(out_dir / "results.csv")))
+    assert len(rows) == 2 and rows[1]["alive"] == str(int(235200 * 0.8) + int(30000 * 0.8) + 900)
+
+
+def test_sigkill_then_rerun_continues(tmp_path):
+    out_dir = tmp_path / "exp"
+    args = cli("find", "--config", SMOKE, "--lottery.out_dir", str(out_dir), "--lottery.levels", "2",
+               "--trainer.max_steps", "60", "--lottery.val_every_n_steps", "10")
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    done0 = out_dir / "levels" / "level_00" / "metrics.json"
+    deadline = time.time() + 240
+    while not done0.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert done0.exists()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    stamp = done0.stat().st_mtime_ns
+    rerun = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "level 0/2 (1/3 done)" in rerun.stderr and "already done, skipped" in rerun.stderr
+    assert done0.stat().st_mtime_ns == stamp
+    assert len(list(csv.DictReader(open(out_dir / "results.csv")))) == 3
+
+
+def test_recipe_callbacks_and_loggers_are_fresh_per_level(tmp_path):
+    recipe = tmp_path / "with_callbacks.yaml"
+    recipe.write_text(
+        Path(SMOKE).read_text().replace(
+            "trainer:\n",
+            "trainer:\n"
+            "  callbacks:\n"
+            "    - class_path: lightning.pytorch.callbacks.LearningRateMonitor\n"
+            "  logger:\n"
+            "    class_path: lightning.pytorch.loggers.CSVLogger\n"
+            f"    init_args: {{save_dir: {tmp_path / 'csv'}}}\n",
+        )
+    )
+    out_dir = tmp_path / "exp"
+    assert main(["find", "--config", str(recipe), "--lottery.out_dir", str(out_dir), "--lottery.levels", "1", *FAST]) == 0
+    versions = sorted(p.name for p in (tmp_path / "csv" / "lightning_logs").iterdir())
+    assert versions == ["version_0", "version_1"]  # one logger run per level
+    for version in versions:
+        header = (tmp_path / "csv" / "lightning_logs" / version / "metrics.csv").read_text().splitlines()[0]
+        assert "lr-Adam" in header and "val_loss" in header
+
+
+def test_missing_data_is_one_clear_error_and_writes_nothing(tmp_path, capsys):
+    out_dir = tmp_path / "exp"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["find", "--config", DEFAULT, "--lottery.out_dir", str(out_dir), "--data.data_dir",
+              str(tmp_path / "nowhere"), *FAST])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "apt-get install dataset-fashion-mnist" in err and "Traceback" not in err
+    assert not out_dir.exists()
+
+
+def test_corrupt_mask_file_on_resume_names_the_file(tmp_path, capsys):
+    out_dir = tmp_path / "exp"
+    args = ["find", "--config", SMOKE, "--lottery.out_dir", str(out_dir), "--lottery.levels", "1", *FAST]
+    assert main(args) == 0
+    (out_dir / "results.csv").unlink()
+    (out_dir / "levels" / "level_01" / "metrics.json").unlink()  # level 1 unfinished ...
+    mask = out_dir / "levels" / "level_01" / "mask.safetensors"
+    mask.write_bytes(mask.read_bytes()[:50])  # ... and its mask damaged
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert "level_01/mask.safetensors" in capsys.readouterr().err
+    assert (out_dir / "levels" / "level_00" / "metrics.json").is_file()  # finished work is kept
