@@ -114,7 +114,8 @@ class PruningScheduler:
         >>> from lightning_lottery.models import LeNet300100
         >>> scheduler = PruningScheduler(
         ...     LeNet300100(in_features=64), DigitsDataModule(), levels=2, rate=0.5, out_dir=tempfile.mkdtemp(),
-        ...     val_every_n_steps=5, trainer_kwargs=dict(max_steps=10, enable_progress_bar=False), stream=None)
+        ...     val_every_n_steps=5, stream=None,
+        ...     trainer_kwargs=dict(max_steps=10, enable_progress_bar=False, enable_model_summary=False))
         >>> [round(row["remaining"], 2) for row in scheduler.run()]
         [1.0, 0.5, 0.25]
     """

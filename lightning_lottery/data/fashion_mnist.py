@@ -60,10 +60,10 @@ class FashionMNISTDataModule(LightningDataModule):
     ``download`` is true, in which case torchvision downloads them.
 
     Example:
-        >>> dm = FashionMNISTDataModule(batch_size=60, flatten=True)  # doctest: +SKIP
-        >>> dm.setup("fit")  # doctest: +SKIP
-        >>> x, y = next(iter(dm.train_dataloader()))  # doctest: +SKIP
-        >>> x.shape, y.shape  # doctest: +SKIP
+        >>> dm = FashionMNISTDataModule(batch_size=60, flatten=True)
+        >>> dm.setup("fit")
+        >>> x, y = next(iter(dm.train_dataloader()))
+        >>> x.shape, y.shape
         (torch.Size([60, 784]), torch.Size([60]))
     """
 
