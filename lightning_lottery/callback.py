@@ -14,7 +14,7 @@ from lightning_lottery import pruning
 from lightning_lottery.criteria import get_criterion
 from lightning_lottery.masks import Mask, MaskError, apply_mask_, check_fits, load_mask, ones_mask, prunable_parameters
 from lightning_lottery.rewind import RewindState, RewindStep, cpu_copy
-from lightning_lottery.ticket import Ticket
+from lightning_lottery.ticket import Ticket, resolve_ticket
 
 
 class LotteryTicket(Callback):
@@ -32,7 +32,8 @@ class LotteryTicket(Callback):
         include: fnmatch patterns of parameter names to prune (default: weights of Linear and Conv layers).
         exclude: patterns of parameter names never to prune.
         rewind_point: a rewind point captured earlier (e.g. by the scheduler); the next fit starts from it.
-        ticket: a ticket file (mask + masked starting weights) to train again from step 0.
+        ticket: a ticket (mask + masked starting weights) to train again from step 0: a file, or a W&B artifact
+            reference ``wandb:ENTITY/PROJECT/NAME:ALIAS`` (downloaded; needs a login).
 
     Example:
         >>> import lightning.pytorch as pl
@@ -68,7 +69,7 @@ class LotteryTicket(Callback):
         self.rewind_point = rewind_point
         self.level = 0
         if ticket is not None:
-            t = ticket if isinstance(ticket, Ticket) else Ticket.load(ticket)
+            t = ticket if isinstance(ticket, Ticket) else Ticket.load(resolve_ticket(ticket))
             self.mask = t.mask
             self.rewind_point = RewindState(step=0, epoch=0, model=t.state)
         self._pending_rewind = self.rewind_point is not None
@@ -201,13 +202,7 @@ class LotteryTicket(Callback):
             return
         if position > self.rewind_step.amount:
             raise RuntimeError(f"rewind point {self.rewind_step} was passed before it could be captured (at {position})")
-        self.rewind_point = RewindState(
-            step=trainer.global_step,
-            epoch=trainer.current_epoch,
-            model=cpu_copy(pl_module.state_dict()),
-            optimizers=[cpu_copy(opt.state_dict()) for opt in trainer.optimizers],
-            lr_schedulers=[cpu_copy(cfg.scheduler.state_dict()) for cfg in trainer.lr_scheduler_configs],
-        )
+        self.rewind_point = capture_state(trainer, pl_module)
 
     def _rewind(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         rp = self.rewind_point
@@ -232,6 +227,17 @@ class LotteryTicket(Callback):
                         value.mul_(named[i].to(value.device))
         _set_loop_position(trainer, rp.step, rp.epoch)
         self._pending_rewind = False
+
+
+def capture_state(trainer: pl.Trainer, pl_module: pl.LightningModule) -> RewindState:
+    """A CPU copy of the training state now: weights and buffers, optimizer and LR-scheduler state, step, epoch."""
+    return RewindState(
+        step=trainer.global_step,
+        epoch=trainer.current_epoch,
+        model=cpu_copy(pl_module.state_dict()),
+        optimizers=[cpu_copy(opt.state_dict()) for opt in trainer.optimizers],
+        lr_schedulers=[cpu_copy(cfg.scheduler.state_dict()) for cfg in trainer.lr_scheduler_configs],
+    )
 
 
 def _load_mask_arg(mask: Mapping[str, torch.Tensor] | str | os.PathLike | None) -> Mask | None:

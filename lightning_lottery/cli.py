@@ -2,11 +2,13 @@
 
     lightning-lottery find --config recipes/lenet300_fashion_mnist.yaml [--lottery.levels 3 ...]
     lightning-lottery find --config recipes/lenet300_fashion_mnist.yaml --print_config
+    lightning-lottery report experiments/lenet300_fashion_mnist [--wandb true]
+    lightning-lottery retrain --config recipes/lenet300_fashion_mnist.yaml --ticket PATH_OR_WANDB_ARTIFACT
 
-A recipe has four sections: ``model`` and ``data`` (``class_path`` + ``init_args`` of any LightningModule /
-LightningDataModule), ``trainer`` (``lightning.pytorch.Trainer`` arguments, used for every level) and
-``lottery`` (:class:`~lightning_lottery.config.LotteryConfig`). Unknown keys and invalid values are rejected
-before anything is written.
+A recipe has the sections ``model`` and ``data`` (``class_path`` + ``init_args`` of any LightningModule /
+LightningDataModule), ``trainer`` (``lightning.pytorch.Trainer`` arguments, used for every run), ``lottery``
+(:class:`~lightning_lottery.config.LotteryConfig`) and ``wandb`` (:class:`~lightning_lottery.tracking.WandbSettings`).
+Unknown keys and invalid values are rejected before anything is written.
 """
 
 from __future__ import annotations
@@ -18,9 +20,8 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, Optional
 
-import torch
-
 import lightning.pytorch as pl
+import torch
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from jsonargparse.typing import PositiveInt
 
@@ -29,9 +30,10 @@ from lightning_lottery.data.errors import DataNotFoundError
 from lightning_lottery.masks import MaskError
 from lightning_lottery.pruning import PruningError
 from lightning_lottery.store import ExperimentMismatchError
+from lightning_lottery.tracking import WandbSettings
 
 #: Errors caused by the user's input or files: one line, no traceback.
-USER_ERRORS = (DataNotFoundError, MaskError, PruningError, ExperimentMismatchError)
+USER_ERRORS = (DataNotFoundError, MaskError, PruningError, ExperimentMismatchError, FileNotFoundError)
 
 #: Trainer settings that do not change results: they may differ when an experiment is resumed.
 _TRAINER_NOT_IDENTITY = ("enable_progress_bar", "enable_model_summary", "logger")
@@ -41,60 +43,84 @@ def build_parser() -> ArgumentParser:
     """The ``lightning-lottery`` parser with its subcommands."""
     parser = ArgumentParser(prog="lightning-lottery", description="Find lottery tickets with PyTorch Lightning.")
     subcommands = parser.add_subcommands(required=True, dest="command")
-    subcommands.add_subcommand("find", _find_parser(), help="run an iterative-magnitude-pruning experiment from a recipe")
+    subcommands.add_subcommand("find", _recipe_parser("Train, prune and rewind, level by level; rerun to resume."),
+                               help="run an iterative-magnitude-pruning experiment from a recipe")
+    subcommands.add_subcommand("report", _report_parser(), help="figures and tables of an experiment directory")
+    retrain = _recipe_parser("Train a saved ticket (a file or a W&B artifact) once more with a recipe's settings.")
+    retrain.add_argument("--ticket", type=str, required=True,
+                         help="ticket.safetensors, or a W&B artifact reference (wandb:ENTITY/PROJECT/NAME:ALIAS)")
+    subcommands.add_subcommand("retrain", retrain, help="train a ticket again")
     return parser
 
 
-def _find_parser() -> ArgumentParser:
-    find = ArgumentParser(description="Train, prune and rewind, level by level; rerun to resume.")
-    find.add_argument("--config", action=ActionConfigFile, help="a YAML recipe")
-    find.add_subclass_arguments(pl.LightningModule, "model", required=True, help="the network (a LightningModule)")
-    find.add_subclass_arguments(pl.LightningDataModule, "data", required=True, help="the data (a LightningDataModule)")
-    find.add_class_arguments(
-        pl.Trainer, "trainer", instantiate=False,
-        skip={"enable_checkpointing", "default_root_dir"},
-        fail_untyped=False,
-    )
-    find.add_class_arguments(LotteryConfig, "lottery", instantiate=False)
-    find.add_argument("--quiet", type=bool, default=False, help="no progress lines or final table")
-    find.add_argument("--torch_num_threads", type=Optional[PositiveInt], default=None,
-                      help="CPU threads for torch (1 is fastest for small models on few cores); default: torch's")
-    return find
+def _recipe_parser(description: str) -> ArgumentParser:
+    parser = ArgumentParser(description=description)
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML recipe")
+    parser.add_subclass_arguments(pl.LightningModule, "model", required=True, help="the network (a LightningModule)")
+    parser.add_subclass_arguments(pl.LightningDataModule, "data", required=True, help="the data (a LightningDataModule)")
+    parser.add_class_arguments(pl.Trainer, "trainer", instantiate=False,
+                               skip={"enable_checkpointing", "default_root_dir"}, fail_untyped=False)
+    parser.add_class_arguments(LotteryConfig, "lottery", instantiate=False)
+    parser.add_class_arguments(WandbSettings, "wandb", instantiate=False)
+    parser.add_argument("--quiet", type=bool, default=False, help="no progress lines or final table")
+    parser.add_argument("--torch_num_threads", type=Optional[PositiveInt], default=None,
+                        help="CPU threads for torch (1 is fastest for small models on few cores); default: torch's")
+    return parser
+
+
+def _report_parser() -> ArgumentParser:
+    parser = ArgumentParser(description="Write report.html and PNG figures from an experiment directory (no training).")
+    parser.add_argument("experiment_dir", type=str, help="the experiment directory (lottery.out_dir)")
+    parser.add_argument("--output_dir", type=Optional[str], default=None, help="default: EXPERIMENT_DIR/report")
+    parser.add_argument("--wandb", type=bool, default=False, help="also publish the panels as a W&B Report")
+    parser.add_argument("--project", type=Optional[str], default=None, help="W&B project (default: the recipe's)")
+    parser.add_argument("--entity", type=Optional[str], default=None, help="W&B entity (default: the recipe's)")
+    return parser
 
 
 def _identity(cfg: Namespace) -> dict[str, Any]:
     """The parts of the resolved recipe that define the experiment (its hash binds the output directory)."""
     ident = cfg.clone().as_dict()
-    ident.pop("config", None)
-    ident.pop("quiet", None)
-    ident.pop("torch_num_threads", None)
+    for key in ("config", "quiet", "torch_num_threads", "wandb", "ticket"):
+        ident.pop(key, None)
     for key in _TRAINER_NOT_IDENTITY:
         ident["trainer"].pop(key, None)
     ident["lottery"] = LotteryConfig(**ident["lottery"]).identity()
     return ident
 
 
+def _settings(parser: ArgumentParser, cfg: Namespace) -> tuple[LotteryConfig, WandbSettings]:
+    try:
+        return LotteryConfig(**cfg.lottery.as_dict()), WandbSettings(**cfg.wandb.as_dict())
+    except (TypeError, ValueError) as err:
+        parser.error(str(err))
+        raise  # unreachable: parser.error exits
+
+
+def _instantiate(parser: ArgumentParser, cfg: Namespace, seed: int) -> Namespace:
+    if cfg.torch_num_threads:
+        torch.set_num_threads(cfg.torch_num_threads)
+    _quiet_lightning_info()
+    pl.seed_everything(seed, workers=True, verbose=False)  # θ0 depends on the seed
+    return parser.instantiate(cfg)
+
+
 def run_find(parser: ArgumentParser, cfg: Namespace) -> int:
     """Instantiate the recipe and run the scheduler."""
     from lightning_lottery.scheduler import PruningScheduler
 
-    try:
-        lottery = LotteryConfig(**cfg.lottery.as_dict())
-    except (TypeError, ValueError) as err:
-        parser.error(str(err))
-    if cfg.torch_num_threads:
-        torch.set_num_threads(cfg.torch_num_threads)
-    _quiet_lightning_info()
-    pl.seed_everything(lottery.seed, workers=True, verbose=False)  # θ0 depends on the seed
-    init = parser.instantiate(cfg)
+    lottery, wandb = _settings(parser, cfg)
+    init = _instantiate(parser, cfg, lottery.replicate_seeds[0])
     trainer_kwargs = _trainer_kwargs(init.trainer)
+    identity = _identity(cfg)
     scheduler = PruningScheduler(
         init.model,
         init.data,
         lottery,
         trainer_kwargs=trainer_kwargs,
         logger=_logger_factory(trainer_kwargs.pop("logger", None)),
-        experiment_config=_identity(cfg),
+        wandb=wandb,
+        experiment_config=identity,
         stream=None if cfg.quiet else sys.stderr,
     )
     try:
@@ -102,6 +128,57 @@ def run_find(parser: ArgumentParser, cfg: Namespace) -> int:
     except USER_ERRORS as err:
         parser.exit(2, f"lightning-lottery: error: {err}\n")
     print(f"results: {scheduler.store.root / 'results.csv'}", file=sys.stderr)
+    return 0
+
+
+def run_retrain(parser: ArgumentParser, cfg: Namespace) -> int:
+    """Train a ticket once with the recipe's model, data and trainer; print its test accuracy."""
+    from lightning_lottery.callback import LotteryTicket
+    from lightning_lottery.ticket import resolve_ticket
+
+    lottery, _ = _settings(parser, cfg)
+    try:
+        ticket_path = resolve_ticket(cfg.ticket)
+        callback = LotteryTicket(ticket=ticket_path, include=lottery.include, exclude=lottery.exclude)
+    except (USER_ERRORS + (RuntimeError,)) as err:
+        parser.exit(2, f"lightning-lottery: error: {err}\n")
+    init = _instantiate(parser, cfg, lottery.seed)
+    kwargs = _trainer_kwargs(init.trainer)
+    kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [callback]
+    kwargs.setdefault("logger", False)
+    kwargs["enable_checkpointing"] = False
+    trainer = pl.Trainer(**kwargs)
+    try:
+        trainer.fit(init.model, datamodule=init.data)
+    except USER_ERRORS as err:
+        parser.exit(2, f"lightning-lottery: error: {err}\n")
+    results = trainer.test(init.model, datamodule=init.data, verbose=False)
+    metrics = {k: round(float(v), 4) for k, v in (results[0] if results else {}).items()}
+    print(f"ticket {ticket_path}: {100 * callback.remaining:.1f}% weights remaining, {metrics}")
+    return 0
+
+
+def run_report(parser: ArgumentParser, cfg: Namespace) -> int:
+    """Write the local report; with ``--wandb`` publish the W&B Report too."""
+    from pathlib import Path
+
+    from lightning_lottery.report import build_report, publish_wandb_report
+    from lightning_lottery.store import read_json
+
+    root = Path(cfg.experiment_dir)
+    if not (root / "results.json").is_file():
+        parser.exit(2, f"lightning-lottery: error: {root} has no results.json (not an experiment directory?)\n")
+    html = build_report(root, cfg.output_dir)
+    print(f"report: {html}")
+    if cfg.wandb:
+        recipe = read_json(root / "experiment.json").get("config", {})
+        project = cfg.project or recipe.get("wandb", {}).get("project") or WandbSettings().project
+        try:
+            url = publish_wandb_report(root, project=project, entity=cfg.entity)
+        except RuntimeError as err:
+            print(f"W&B report not published: {err}", file=sys.stderr)
+            return 1
+        print(f"W&B report: {url}")
     return 0
 
 
@@ -113,7 +190,7 @@ def _quiet_lightning_info() -> None:
 
 
 def _logger_factory(template: Any) -> Any:
-    """Recipe loggers become one fresh copy per level (``None``/``True``: a CSV logger in each level's directory)."""
+    """Recipe loggers become one fresh copy per run (``None``/``True``: a CSV logger in each run's directory)."""
     if template is None or template is True:
         return None
     if template is False:
@@ -126,15 +203,15 @@ def _trainer_kwargs(trainer: Namespace) -> dict[str, Any]:
     return {k: (v.as_dict() if isinstance(v, Namespace) else v) for k, v in kwargs.items()}
 
 
+_COMMANDS = {"find": run_find, "retrain": run_retrain, "report": run_report}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lightning-lottery`` console script."""
     parser = build_parser()
     cfg = parser.parse_args(list(argv) if argv is not None else None)
-    if cfg.command == "find":
-        find_parser = parser._subcommands_action._name_parser_map["find"]  # noqa: SLF001
-        return run_find(find_parser, cfg.find)
-    parser.error(f"unknown command {cfg.command!r}")
-    return 2
+    sub_parser = parser._subcommands_action._name_parser_map[cfg.command]  # noqa: SLF001
+    return _COMMANDS[cfg.command](sub_parser, cfg[cfg.command])
 
 
 if __name__ == "__main__":

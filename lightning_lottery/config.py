@@ -25,6 +25,14 @@ class LotteryConfig:
             ``{"net.fc3.weight": 0.1}`` for the paper's output layer at half the rate.
         scope: ``"layerwise"`` (each parameter loses ``rate`` of its weights) or ``"global"`` (one threshold).
         rewind_to: rewind point: ``"0it"`` (θ0), ``"500it"`` or ``"2ep"``.
+        rewind: what the main line restarts each level from: ``full`` (weights and training state at the rewind
+            point; branch ``ticket``), ``weights`` (weights at k, fresh optimizer moments; ``weights_rewind``),
+            ``lr`` (the trained weights, the learning-rate schedule replayed from k; ``lr_rewind``, Renda et al.
+            2020) or ``finetune`` (the trained weights and optimizer at the final learning rate; ``finetune``).
+        controls: control branches trained with each level's mask: ``random_reinit`` (fresh initialization),
+            ``random_mask`` (random positions, same per-layer counts) and ``oneshot`` (level 0 pruned at once).
+        replicates: how many times the whole experiment runs, with seeds ``seed``, ``seed + 1``, ...
+        seeds: explicit seeds, one per replicate (overrides ``replicates``).
         criterion: scoring function by name (``"magnitude"``, ``"random"``).
         include: fnmatch patterns of parameters to prune (default: weights of Linear and Conv layers).
         exclude: fnmatch patterns of parameters never to prune.
@@ -51,6 +59,10 @@ class LotteryConfig:
     rates: dict[str, float] = field(default_factory=dict)
     scope: Literal["layerwise", "global"] = "layerwise"
     rewind_to: str = "0it"
+    rewind: Literal["full", "weights", "lr", "finetune"] = "full"
+    controls: list[Literal["random_reinit", "random_mask", "oneshot"]] = field(default_factory=list)
+    replicates: int = 1
+    seeds: Optional[list[int]] = None
     criterion: str = "magnitude"
     include: Optional[list[str]] = None
     exclude: list[str] = field(default_factory=list)
@@ -77,6 +89,16 @@ class LotteryConfig:
             RewindStep.parse(self.rewind_to)
         except ValueError as err:
             raise ValueError(f"lottery.rewind_to: {err}") from None
+        if self.rewind not in ("full", "weights", "lr", "finetune"):
+            raise ValueError(f"lottery.rewind must be one of full, weights, lr, finetune; got {self.rewind!r}")
+        unknown = [c for c in self.controls if c not in ("random_reinit", "random_mask", "oneshot")]
+        if unknown or len(set(self.controls)) != len(self.controls):
+            raise ValueError(f"lottery.controls: unknown or repeated control(s) {unknown or self.controls}; "
+                             "available: random_reinit, random_mask, oneshot")
+        if isinstance(self.replicates, bool) or not isinstance(self.replicates, int) or self.replicates < 1:
+            raise ValueError(f"lottery.replicates must be an integer >= 1, got {self.replicates!r}")
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            raise ValueError(f"lottery.seeds must be distinct and non-empty, got {self.seeds!r}")
         if self.criterion not in available_criteria():
             raise ValueError(f"lottery.criterion {self.criterion!r} is unknown; available: {available_criteria()}")
         for key in ("val_every_n_steps", "checkpoint_every_n_steps"):
@@ -98,6 +120,11 @@ class LotteryConfig:
 
     def __hash__(self) -> int:
         return int(self.digest[:15], 16)
+
+    @property
+    def replicate_seeds(self) -> list[int]:
+        """The seed of each replicate."""
+        return list(self.seeds) if self.seeds is not None else [self.seed + r for r in range(self.replicates)]
 
     def remaining_after(self, level: int) -> float:
         """Nominal fraction remaining after ``level`` levels at the default rate (overrides not counted)."""

@@ -480,3 +480,23 @@ def prune_to(
             count = max(0, layer.n_alive - _keep_count(layer.numel, per_name[layer.name]))
             out[layer.name] = _prune_layer(layer, _clamp(layer, count, min_alive))
     return {layer.name: out[layer.name] for layer in layers}
+
+
+def random_mask_like(mask: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> Mask:
+    """A mask with the same number of alive weights per parameter as ``mask``, at uniformly random positions.
+
+    The random-mask control of the lottery-ticket paper. Positions are drawn on CPU (reproducible across devices).
+
+    Example:
+        >>> import torch
+        >>> m = {"w": torch.tensor([True, True, False, False, False])}
+        >>> int(random_mask_like(m, torch.Generator().manual_seed(0))["w"].sum())
+        2
+    """
+    out: Mask = {}
+    for name, m in mask.items():
+        flat = torch.zeros(m.numel(), dtype=torch.bool)
+        alive = int(torch.count_nonzero(m))
+        flat[torch.randperm(m.numel(), generator=generator)[:alive]] = True
+        out[name] = flat.view(m.shape).to(m.device)
+    return out

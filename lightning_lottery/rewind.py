@@ -101,6 +101,19 @@ class RewindState:
             lr_schedulers=list(state.get("lr_schedulers", [])),
         )
 
+    def with_model(self, model: dict[str, torch.Tensor]) -> RewindState:
+        """The same training position with other weights (e.g. the trained ones, for LR rewinding)."""
+        return RewindState(self.step, self.epoch, model, self.optimizers, self.lr_schedulers)
+
+    def without_optimizer_state(self) -> RewindState:
+        """The same state with fresh optimizer moments (hyperparameters such as the LR at this step kept)."""
+        fresh = [{**opt, "state": {}} for opt in self.optimizers]
+        return RewindState(self.step, self.epoch, self.model, fresh, self.lr_schedulers)
+
+    def at_position(self, step: int, epoch: int) -> RewindState:
+        """The same state, resumed at another loop position."""
+        return RewindState(step, epoch, self.model, self.optimizers, self.lr_schedulers)
+
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically to ``path``."""
         path = Path(path)

@@ -1,13 +1,22 @@
-"""``PruningScheduler``: the level loop (train → test → prune → rewind) across fresh ``Trainer`` fits; resumable."""
+"""``PruningScheduler``: the level loop (train → test → prune → rewind) across fresh ``Trainer`` fits; resumable.
+
+An experiment is a set of *runs*, one ``Trainer.fit`` each, identified by (replicate, branch, level):
+
+- the main line (branch ``ticket``; ``weights_rewind``, ``lr_rewind`` or ``finetune`` for the other rewinding
+  variants) trains level 0 dense, prunes its final weights, starts level 1 from the rewind point, and so on;
+- control branches reuse a level's mask: ``random_reinit`` (same mask, a fresh initialization, trained from step
+  0), ``random_mask`` (random positions with the same per-layer counts, from the rewind point) and ``oneshot``
+  (level 0's final weights pruned at once to the level's per-layer fractions, from the rewind point);
+- replicates repeat everything under other seeds.
+"""
 
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -18,29 +27,23 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 
 from lightning_lottery import pruning
-from lightning_lottery.callback import LotteryTicket
+from lightning_lottery.callback import LotteryTicket, capture_state
 from lightning_lottery.config import LotteryConfig
 from lightning_lottery.criteria import get_criterion
-from lightning_lottery.masks import (
-    count_alive,
-    count_total,
-    load_mask,
-    ones_mask,
-    prunable_parameters,
-    remaining,
-    save_mask,
-)
+from lightning_lottery.masks import Mask, count_alive, count_total, load_mask, ones_mask, prunable_parameters, remaining, save_mask
+from lightning_lottery.progress import ExperimentProgress, format_table
 from lightning_lottery.rewind import RewindState
-from lightning_lottery.store import ExperimentStore
+from lightning_lottery.store import ExperimentStore, Run, config_hash
 from lightning_lottery.ticket import Ticket
+from lightning_lottery.tracking import SUMMARY_KEYS, WandbSettings, WandbTracker
 
-#: Trainer arguments the scheduler sets itself for every level.
-_OWNED_TRAINER_ARGS = ("callbacks", "logger", "default_root_dir", "enable_checkpointing")
+#: Branch name of the main line, by rewinding variant.
+MAIN_BRANCH = {"full": "ticket", "weights": "weights_rewind", "lr": "lr_rewind", "finetune": "finetune"}
 
 
 @dataclass(frozen=True)
 class LevelInfo:
-    """What a logger factory is told about the level it makes a logger for."""
+    """What a logger factory is told about the run it makes a logger for."""
 
     level: int
     levels: int
@@ -49,6 +52,7 @@ class LevelInfo:
     experiment_id: str
     branch: str = "ticket"
     replicate: int = 0
+    seed: int = 0
 
 
 LoggerFactory = Callable[[LevelInfo], "Logger | list[Logger] | bool"]
@@ -87,22 +91,25 @@ class ValidationHistory(Callback):
 class PruningScheduler:
     """Find a lottery ticket: level 0 trains the dense network, each further level prunes and rewinds.
 
-    Every level is a fresh ``Trainer`` built from ``trainer_kwargs`` (your callbacks are copied per level) plus a
+    Every run is a fresh ``Trainer`` built from ``trainer_kwargs`` (your callbacks are copied per run) plus a
     :class:`~lightning_lottery.LotteryTicket`, a validation-history recorder and checkpointing for resume. After
     each fit the scheduler tests the final weights and the weights at the early-stopping iteration (minimum
-    validation loss), prunes by the criterion and writes the level's files. Rerunning the same experiment in the
+    validation loss), prunes by the criterion and writes the run's files. Rerunning the same experiment in the
     same directory continues where it stopped.
 
     The model must log ``val_loss`` during validation and ``test_acc`` (and optionally ``test_loss``) in test.
+    Replicates and the ``random_reinit`` control re-initialize the model under another seed with its
+    ``reset_parameters()`` method when it has one (else each submodule's).
 
     Args:
-        model: any ``LightningModule``; its weights at construction time are θ0.
-        datamodule: any ``LightningDataModule``; reused across levels.
+        model: any ``LightningModule``; its weights at construction time are θ0 of the first replicate.
+        datamodule: any ``LightningDataModule``; reused across runs.
         config: the search settings; keyword arguments override its fields.
-        trainer_kwargs: arguments of ``lightning.pytorch.Trainer`` for every level (``max_steps`` or
-            ``max_epochs`` is the training budget of level 0; later levels train to the same final step).
-        logger: ``None`` for a CSV logger per level, ``False`` for none, or a function of :class:`LevelInfo`
-            returning the level's logger(s).
+        trainer_kwargs: arguments of ``lightning.pytorch.Trainer`` for every run (``max_steps`` or ``max_epochs``
+            is the training budget of level 0; later levels train to the same final step).
+        logger: ``None`` for a CSV logger per run, ``False`` for none, or a function of :class:`LevelInfo`
+            returning the run's logger(s).
+        wandb: W&B settings; ``None`` for no W&B.
         experiment_config: what identifies the experiment (the CLI passes the resolved recipe); derived from the
             model, data and settings when ``None``.
         stream: where the progress lines and the final table go (``None``: quiet).
@@ -128,6 +135,7 @@ class PruningScheduler:
         *,
         trainer_kwargs: Mapping[str, Any] | None = None,
         logger: LoggerFactory | bool | None = None,
+        wandb: WandbSettings | None = None,
         experiment_config: Mapping[str, Any] | None = None,
         stream: TextIO | None = sys.stderr,
         **overrides: Any,
@@ -137,100 +145,117 @@ class PruningScheduler:
         self.model = model
         self.datamodule = datamodule
         self.trainer_kwargs = dict(trainer_kwargs or {})
-        clash = [k for k in _OWNED_TRAINER_ARGS if k in self.trainer_kwargs and k != "callbacks"]
-        if "logger" in clash:
-            raise ValueError("pass loggers with PruningScheduler(logger=...), not in trainer_kwargs: each level needs its own")
+        if "logger" in self.trainer_kwargs:
+            raise ValueError("pass loggers with PruningScheduler(logger=...), not in trainer_kwargs: each run needs its own")
         self.trainer_kwargs.pop("enable_checkpointing", None)
         self.trainer_kwargs.pop("default_root_dir", None)
         self.logger = logger
+        self.wandb = wandb if wandb is not None and wandb.active else None
         self.stream = stream
         self.store = ExperimentStore(self.config.out_dir)
         self.experiment_config = dict(experiment_config) if experiment_config is not None else self._default_identity()
         self.experiment_id = ""
+        self.main_branch = MAIN_BRANCH[self.config.rewind]
+        self._theta0 = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        self._tracker: WandbTracker | None = None
 
     # ------------------------------------------------------------------------------------------------ run
+    def runs(self) -> list[Run]:
+        """Every run of the experiment, in execution order."""
+        cfg = self.config
+        out = []
+        for replicate in range(len(cfg.replicate_seeds)):
+            for level in range(cfg.levels + 1):
+                out.append(Run(replicate, self.main_branch, level))
+                if level > 0:
+                    out.extend(Run(replicate, branch, level) for branch in cfg.controls)
+        return out
+
     def run(self) -> list[dict[str, Any]]:
-        """Run (or finish) every level; returns the results rows, one per level."""
+        """Run (or finish) every run of the experiment; returns the results rows."""
         cfg = self.config
         # missing data fails here, before the directory is bound to this configuration
         self.datamodule.prepare_data()
         self.datamodule.setup("fit")
         self.experiment_id = self.store.bind(self.experiment_config, cfg.name)
-        done = set(self.store.finished_levels())
-        started = time.perf_counter()
-        trained_times: list[float] = []
-        for level in range(cfg.levels + 1):
-            if level in done:
-                row = self.store.read_metrics(level)
-                self._say(self._progress_line(row, level, resumed=True))
+        self._write_costs()
+        if self.wandb is not None:
+            self._tracker = WandbTracker(self.wandb, self.experiment_id, config_hash(self.experiment_config),
+                                         self.experiment_config, self.store.root)
+        runs = self.runs()
+        progress = ExperimentProgress(len(runs), cfg.levels, self.stream)
+        trained_any = False
+        for run in runs:
+            if self.store.is_done(run):
+                progress.skipped(run, self.store.read_metrics(run))
                 continue
-            row = self._run_level(level)
-            trained_times.append(row["wall_s"])
-            left = cfg.levels - level
-            eta = left * (sum(trained_times) / len(trained_times))
-            self._say(self._progress_line(row, level, eta=eta, elapsed=time.perf_counter() - started))
+            progress.start(run)
+            row = self._run_one(run, progress)
+            trained_any = True
+            progress.done(run, row)
         rows = self.store.results()
+        fresh = not trained_any and (self.store.root / "aggregate.csv").is_file()
+        if not fresh:  # derived files are rebuilt only when something new was trained
+            self.store.write_aggregate(rows)
+        report = self._write_report(rebuild=not fresh)
+        if self._tracker is not None and (trained_any or not self.store.summary_logged()):
+            self._tracker.finish_experiment(rows, report)
+            self.store.mark_summary_logged()
         self._say(format_table(rows))
         return rows
 
-    # ----------------------------------------------------------------------------------------------- level
-    def _run_level(self, level: int) -> dict[str, Any]:
+    # ---------------------------------------------------------------------------------------------- one run
+    def _run_one(self, run: Run, progress: ExperimentProgress) -> dict[str, Any]:
         cfg = self.config
         start = time.perf_counter()
-        level_dir = self.store.level_dir(level)
-        level_dir.mkdir(parents=True, exist_ok=True)
-        params = prunable_parameters(self.model, cfg.include, cfg.exclude)
-        if level == 0:
-            mask = {n: m.cpu() for n, m in ones_mask(params).items()}
-            if not self.store.mask_file(0).exists():
-                save_mask(mask, self.store.mask_file(0), {"level": "0"})
-            rewind_point = None
-        else:
-            mask = load_mask(self.store.mask_file(level))
-            rewind_point = RewindState.load(self.store.rewind_file)
-
-        lottery = LotteryTicket(mask, rewind_to=cfg.rewind_to, include=cfg.include, exclude=cfg.exclude, rewind_point=rewind_point)
-        lottery.level = level
+        seed = cfg.replicate_seeds[run.replicate]
+        run_dir = self.store.run_dir(run)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if run.level == 0:
+            self._load_theta0(run.replicate, seed)
+        mask, start_state = self._start(run, seed)
+        lottery = LotteryTicket(mask, rewind_to=cfg.rewind_to, include=cfg.include, exclude=cfg.exclude,
+                                rewind_point=start_state)
+        lottery.level = run.level
         history = ValidationHistory()
-        ckpt_dir = self.store.checkpoint_dir(level)
+        ckpt_dir = self.store.checkpoint_dir(run)
         every = cfg.checkpoint_every_n_steps or (10 * cfg.val_every_n_steps if cfg.val_every_n_steps else None)
         last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, every_n_train_steps=every,
                                enable_version_counter=False)
         best = ModelCheckpoint(dirpath=ckpt_dir, filename="early-stop", monitor="val_loss", mode="min", save_top_k=1,
                                enable_version_counter=False)
-        info = LevelInfo(level, cfg.levels, remaining(mask), level_dir, self.experiment_id)
-        trainer = self._make_trainer(level, info, [lottery, history, last, best])
+        info = LevelInfo(run.level, cfg.levels, remaining(mask), run_dir, self.experiment_id, run.branch,
+                         run.replicate, seed)
+        loggers = self._loggers(info)
+        trainer = self._make_trainer(run, info, [lottery, history, last, best, progress.callback()], loggers)
 
-        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        pl.seed_everything(seed, workers=True, verbose=False)
         resume = ckpt_dir / "last.ckpt"
         trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=str(resume) if resume.is_file() else None,
                     weights_only=True)
         if trainer.interrupted:
-            raise KeyboardInterrupt(f"level {level} was interrupted; rerun the same command to resume it")
+            raise KeyboardInterrupt(f"{run} was interrupted; rerun the same command to resume it")
         assert lottery.rewind_point is not None
-        if level == 0:
-            lottery.rewind_point.save(self.store.rewind_file)
-        steps = trainer.global_step
-
+        is_main = run.branch == self.main_branch
+        if is_main and run.level == 0:
+            lottery.rewind_point.save(self.store.rewind_file(run.replicate))
+        if is_main and self._needs_final_state(run.level):
+            capture_state(trainer, self.model).save(self.store.final_state_file(run))
         test = self._test(trainer, None)
-        layers = {
-            n: {"alive": int(m.sum()), "total": m.numel(), "remaining": int(m.sum()) / m.numel()} for n, m in mask.items()
-        }
-        if level < cfg.levels:  # the next level's mask, from the final weights
-            weights = {n: p.detach() for n, p in prunable_parameters(self.model, cfg.include, cfg.exclude).items()}
-            generator = torch.Generator().manual_seed(cfg.seed * 1000 + level)
-            scores = get_criterion(cfg.criterion)(weights, generator=generator)
-            device_mask = {n: m.to(weights[n].device) for n, m in mask.items()}
-            next_mask = pruning.prune(scores, device_mask, cfg.rate, scope=cfg.scope, rates=cfg.rates)
-            save_mask(next_mask, self.store.mask_file(level + 1), {"level": str(level + 1)})
+        if is_main and run.level < cfg.levels:  # the next level's mask, from the final weights
+            save_mask(self._next_mask(mask, seed, run.level), self.store.mask_file(run.next_level()),
+                      {"level": str(run.level + 1)})
         best_entry = history.best()
         early = self._test(trainer, best.best_model_path) if best.best_model_path else {}
-        Ticket.from_state(lottery.rewind_point.model, mask, level=level, remaining=remaining(mask),
-                          experiment=self.experiment_id, rewind_step=lottery.rewind_point.step).save(self.store.ticket_file(level))
+        ticket_path = self.store.ticket_file(run)
+        Ticket.from_state(lottery.rewind_point.model if start_state is None else start_state.model, mask,
+                          level=run.level, branch=run.branch, replicate=run.replicate, remaining=remaining(mask),
+                          experiment=self.experiment_id, rewind_step=lottery.rewind_point.step).save(ticket_path)
         row = {
-            "branch": "ticket",
-            "replicate": 0,
-            "level": level,
+            "branch": run.branch,
+            "replicate": run.replicate,
+            "seed": seed,
+            "level": run.level,
             "remaining": remaining(mask),
             "alive": count_alive(mask),
             "total": count_total(mask),
@@ -240,18 +265,117 @@ class PruningScheduler:
             "early_stop_test_acc": early.get("test_acc"),
             "min_val_loss": best_entry["val_loss"] if best_entry else None,
             "best_val_acc": max((r.get("val_acc", float("nan")) for r in history.history), default=None),
-            "steps": steps,
+            "steps": trainer.global_step,
             "rewind_step": lottery.rewind_point.step,
             "wall_s": round(time.perf_counter() - start, 3),
-            "layers": layers,
+            "layers": {n: {"alive": int(m.sum()), "total": m.numel(), "remaining": int(m.sum()) / m.numel()}
+                       for n, m in mask.items()},
             "val_history": history.history,
         }
-        self.store.finish_level(level, row)
+        self._log_summary(loggers, row, ticket_path)
+        self.store.finish(run, row)
         if not cfg.keep_checkpoints:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
         return row
 
-    def _make_trainer(self, level: int, info: LevelInfo, own: list[Callback]) -> pl.Trainer:
+    def _start(self, run: Run, seed: int) -> tuple[Mask, RewindState | None]:
+        """The mask a run trains with and the state it starts from (``None``: the model as it is, level 0)."""
+        cfg = self.config
+        if run.level == 0:
+            params = prunable_parameters(self.model, cfg.include, cfg.exclude)
+            mask = {n: m.cpu() for n, m in ones_mask(params).items()}
+            save_mask(mask, self.store.mask_file(run), {"level": "0"})
+            return mask, None
+        main = run.with_branch(self.main_branch)
+        ticket_mask = load_mask(self.store.mask_file(main))
+        rewind = RewindState.load(self.store.rewind_file(run.replicate))
+        branch = run.branch
+        if branch == "ticket" or branch == "random_mask" or branch == "oneshot":
+            state = rewind
+        elif branch == "weights_rewind":
+            state = rewind.without_optimizer_state()
+        elif branch == "lr_rewind":
+            trained = RewindState.load(self.store.final_state_file(main.previous_level()))
+            state = rewind.without_optimizer_state().with_model(trained.model)
+        elif branch == "finetune":
+            trained = RewindState.load(self.store.final_state_file(main.previous_level()))
+            state = trained.at_position(rewind.step, rewind.epoch)
+        elif branch == "random_reinit":
+            state = RewindState(0, 0, self._fresh_init(seed + 10_000 * run.level))
+        else:
+            raise ValueError(f"unknown branch {branch!r}")
+        if branch == "random_mask":
+            generator = torch.Generator().manual_seed(seed * 1000 + run.level + 500)
+            mask = pruning.random_mask_like(ticket_mask, generator)
+        elif branch == "oneshot":
+            mask = self._oneshot_mask(run.replicate, ticket_mask)
+        else:
+            mask = ticket_mask
+        if branch != self.main_branch:
+            save_mask(mask, self.store.mask_file(run), {"level": str(run.level), "branch": branch})
+        return mask, state
+
+    def _next_mask(self, mask: Mask, seed: int, level: int) -> Mask:
+        cfg = self.config
+        weights = {n: p.detach() for n, p in prunable_parameters(self.model, cfg.include, cfg.exclude).items()}
+        generator = torch.Generator().manual_seed(seed * 1000 + level)
+        scores = get_criterion(cfg.criterion)(weights, generator=generator)
+        device_mask = {n: m.to(weights[n].device) for n, m in mask.items()}
+        return {n: m.cpu() for n, m in pruning.prune(scores, device_mask, cfg.rate, scope=cfg.scope,
+                                                      rates=cfg.rates).items()}
+
+    def _oneshot_mask(self, replicate: int, ticket_mask: Mask) -> Mask:
+        """Level 0's final weights pruned at once to the ticket's per-layer fractions at this level."""
+        cfg = self.config
+        dense = RewindState.load(self.store.final_state_file(Run(replicate, self.main_branch, 0)))
+        weights = {n: dense.model[n] for n in ticket_mask}
+        scores = get_criterion(cfg.criterion)(weights, generator=torch.Generator().manual_seed(0))
+        ones = {n: torch.ones_like(m) for n, m in ticket_mask.items()}
+        targets = {n: count_alive({n: m}) / m.numel() for n, m in ticket_mask.items()}
+        return pruning.prune_to(scores, ones, 1.0, scope="layerwise", targets=targets)
+
+    def _needs_final_state(self, level: int) -> bool:
+        return (self.config.rewind in ("lr", "finetune") and level < self.config.levels) or (
+            level == 0 and "oneshot" in self.config.controls)
+
+    # --------------------------------------------------------------------------------------- initialization
+    def _load_theta0(self, replicate: int, seed: int) -> None:
+        """θ0 of a replicate: the model as given for the first, a fresh initialization under its seed after."""
+        if replicate == 0:
+            self.model.load_state_dict(self._theta0)
+        else:
+            self.model.load_state_dict(self._fresh_init(seed))
+
+    def _fresh_init(self, seed: int) -> dict[str, torch.Tensor]:
+        """The model's own initializer under ``seed``; the live model is left as it was."""
+        saved = copy.deepcopy(self.model.state_dict())
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            reset = getattr(self.model, "reset_parameters", None)
+            if callable(reset):
+                reset()
+            else:
+                for module in self.model.modules():
+                    if module is not self.model and callable(getattr(module, "reset_parameters", None)):
+                        module.reset_parameters()
+            fresh = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(saved)
+        return fresh
+
+    # ------------------------------------------------------------------------------------------- trainer
+    def _loggers(self, info: LevelInfo) -> list[Logger]:
+        if self.logger is None:
+            loggers: list[Logger] = [CSVLogger(save_dir=str(info.directory), name="logs", version="")]
+        elif self.logger is False or self.logger is True:
+            loggers = [CSVLogger(save_dir=str(info.directory), name="logs", version="")] if self.logger else []
+        else:
+            made = self.logger(info)
+            loggers = [] if made is False else list(made) if isinstance(made, (list, tuple)) else [made]  # type: ignore[list-item]
+        if self._tracker is not None:
+            loggers.append(self._tracker.logger(info))
+        return loggers
+
+    def _make_trainer(self, run: Run, info: LevelInfo, own: list[Callback], loggers: list[Logger]) -> pl.Trainer:
         cfg = self.config
         kwargs = dict(self.trainer_kwargs)
         user_callbacks = kwargs.pop("callbacks", None) or []
@@ -260,19 +384,14 @@ class PruningScheduler:
         kwargs["callbacks"] = [copy.deepcopy(c) for c in user_callbacks] + own
         kwargs["default_root_dir"] = str(info.directory)
         kwargs["enable_checkpointing"] = True
-        if self.logger is None:
-            kwargs["logger"] = CSVLogger(save_dir=str(info.directory), name="logs", version="")
-        elif self.logger is False or self.logger is True:
-            kwargs["logger"] = bool(self.logger)
-        else:
-            kwargs["logger"] = self.logger(info)
+        kwargs["logger"] = loggers if loggers else False
         if cfg.val_every_n_steps is not None:
             kwargs["val_check_interval"] = cfg.val_every_n_steps
             kwargs["check_val_every_n_epoch"] = None
             if kwargs.get("num_sanity_val_steps") is None:
                 kwargs["num_sanity_val_steps"] = 0
-        if level > 0:  # train to the same final step as level 0, starting from the rewind point
-            kwargs["max_steps"] = int(self.store.read_metrics(0)["steps"])
+        if run.level > 0:  # train to the same final step as level 0, starting from the rewind point
+            kwargs["max_steps"] = int(self.store.read_metrics(Run(run.replicate, self.main_branch, 0))["steps"])
             kwargs["max_epochs"] = -1
         return pl.Trainer(**kwargs)
 
@@ -281,7 +400,50 @@ class PruningScheduler:
                                weights_only=True if ckpt_path else None)
         return {k: float(v) for k, v in (results[0] if results else {}).items()}
 
+    def _log_summary(self, loggers: Sequence[Logger], row: Mapping[str, Any], ticket_path: Path) -> None:
+        """Every logger of the run receives the run's results; the W&B run also gets its ticket, then finishes."""
+        metrics = {f"lottery/{k}": float(row[k]) for k in SUMMARY_KEYS if row.get(k) is not None}
+        for logger in loggers:
+            logger.log_metrics(metrics, step=int(row["steps"]))
+            logger.save()
+        if self._tracker is not None:
+            from lightning.pytorch.loggers import WandbLogger
+
+            for logger in loggers:
+                if isinstance(logger, WandbLogger):
+                    self._tracker.finish_level(logger, row, ticket_path)
+
     # ---------------------------------------------------------------------------------------------- output
+    def _write_costs(self) -> None:
+        """Per-layer MACs per weight (for the report's theoretical speedup), measured once on one input."""
+        if self.store.costs_file.exists():
+            return
+        from lightning_lottery.flops import layer_costs
+
+        try:
+            batch = next(iter(self.datamodule.train_dataloader()))
+        except Exception:  # a datamodule that cannot give a batch outside a trainer: no speedup column
+            return
+        example = batch[0] if isinstance(batch, (list, tuple)) else batch
+        if not isinstance(example, torch.Tensor):
+            return
+        names = prunable_parameters(self.model, self.config.include, self.config.exclude)
+        device = next(self.model.parameters()).device
+        costs = layer_costs(self.model, example[:1].to(device), names)
+        self.store.write_costs(costs)
+
+    def _write_report(self, rebuild: bool = True) -> dict[str, Path]:
+        from lightning_lottery.report import build_report
+
+        existing = self.store.root / "report" / "report.html"
+        try:
+            html = build_report(self.store.root) if rebuild or not existing.is_file() else existing
+        except Exception as err:  # the report must never cost the results
+            self._say(f"[lottery] report not written: {err}")
+            return {}
+        self._say(f"[lottery] report: {html}")
+        return {p.stem: p for p in sorted(Path(html).parent.glob("*.png"))}
+
     def _default_identity(self) -> dict[str, Any]:
         def describe(obj: Any) -> dict[str, Any]:
             hparams = dict(getattr(obj, "hparams", {}) or {})
@@ -298,40 +460,3 @@ class PruningScheduler:
     def _say(self, text: str) -> None:
         if self.stream is not None:
             print(text, file=self.stream, flush=True)
-
-    def _progress_line(self, row: Mapping[str, Any], level: int, *, resumed: bool = False, eta: float = 0.0,
-                       elapsed: float = 0.0) -> str:
-        n = self.config.levels
-        head = f"[lottery] level {level}/{n} ({level + 1}/{n + 1} done)"
-        body = (f"{100 * row['remaining']:.1f}% weights remaining · test acc {_fmt(row.get('test_acc'))} · "
-                f"early stop at it {row.get('early_stop_iter')}")
-        if resumed:
-            return f"{head} · {body} · already done, skipped"
-        return f"{head} · {body} · {row['wall_s']:.1f}s · elapsed {_duration(elapsed)} · ETA {_duration(eta)}"
-
-
-def _fmt(value: Any) -> str:
-    return "—" if value is None else f"{value:.4f}"
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
-def format_table(rows: list[Mapping[str, Any]]) -> str:
-    """The terminal table: level, % weights remaining, test accuracy, early-stopping iteration and its accuracy."""
-    header = ("level", "% remaining", "test acc", "early-stop it", "acc @ early stop", "wall s")
-    lines = [header]
-    for r in rows:
-        lines.append((str(r["level"]), f"{100 * r['remaining']:.1f}", _fmt(r.get("test_acc")),
-                      str(r.get("early_stop_iter")), _fmt(r.get("early_stop_test_acc")), f"{r.get('wall_s', 0):.1f}"))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = ["  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in lines]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(out)
-
-
-def load_results(out_dir: str | Path) -> list[dict[str, Any]]:
-    """The results rows of an experiment directory (no training)."""
-    return json.loads((Path(out_dir) / "results.json").read_text())

@@ -4,23 +4,29 @@ Layout::
 
     OUT/
       experiment.json                  id, configuration hash and resolved configuration
-      rewind_point.pt                  training state at step k (written once level 0 is done)
-      results.csv, results.json        one row per finished level (rebuilt from the level files)
-      layers.csv                       per-layer alive / total / remaining per level
-      levels/level_03/
-        mask.safetensors               the mask this level trains with (written by the level before)
-        ticket.safetensors             mask + θk ⊙ m
-        checkpoints/                   mid-level checkpoints (removed when the level is done)
-        logs/                          the level's logger output
-        metrics.json                   written last: the level is done
+      costs.json                       per prunable layer: weights and MACs per weight (theoretical speedup)
+      results.csv, results.json        one row per finished run (branch, replicate, level)
+      aggregate.csv                    mean, std and 95% CI per branch and level over replicates
+      layers.csv                       per-layer alive / total / remaining per run
+      report/                          report.html and its figures
+      wandb/                           offline W&B runs (when tracking is on)
+      replicate_0/
+        rewind_point.pt                training state at step k (written once level 0 is done)
+        ticket/level_03/               the main line; controls in random_reinit/, random_mask/, oneshot/
+          mask.safetensors             the mask this run trains with
+          ticket.safetensors           mask + the weights it starts from (θk ⊙ m)
+          final_state.pt               trained state, kept where a later run starts from it
+          checkpoints/                 mid-run checkpoints (removed when the run is done)
+          logs/                        the run's CSV log
+          metrics.json                 written last: the run is done
 
 Example:
     >>> import tempfile
-    >>> from lightning_lottery.store import ExperimentStore
+    >>> from lightning_lottery.store import ExperimentStore, Run
     >>> store = ExperimentStore(tempfile.mkdtemp())
-    >>> store.level_dir(3).name
-    'level_03'
-    >>> store.finished_levels()
+    >>> store.run_dir(Run(0, "ticket", 3)).relative_to(store.root).as_posix()
+    'replicate_0/ticket/level_03'
+    >>> store.results()
     []
 """
 
@@ -32,6 +38,7 @@ import io
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +48,7 @@ from lightning_lottery.masks import atomic_write_bytes
 RESULT_COLUMNS: tuple[str, ...] = (
     "branch",
     "replicate",
+    "seed",
     "level",
     "remaining",
     "alive",
@@ -83,6 +91,27 @@ def read_json(path: str | os.PathLike) -> Any:
         raise ValueError(f"{path}: corrupt JSON ({err}); delete it to recompute that part") from err
 
 
+@dataclass(frozen=True, order=True)
+class Run:
+    """One training run of an experiment: a (replicate, branch, level)."""
+
+    replicate: int
+    branch: str
+    level: int
+
+    def with_branch(self, branch: str) -> Run:
+        return replace(self, branch=branch)
+
+    def next_level(self) -> Run:
+        return replace(self, level=self.level + 1)
+
+    def previous_level(self) -> Run:
+        return replace(self, level=self.level - 1)
+
+    def __str__(self) -> str:
+        return f"{self.branch} level {self.level} (replicate {self.replicate})"
+
+
 class ExperimentStore:
     """Paths and durable writes of one experiment directory."""
 
@@ -95,23 +124,29 @@ class ExperimentStore:
         return self.root / "experiment.json"
 
     @property
-    def rewind_file(self) -> Path:
-        return self.root / "rewind_point.pt"
+    def costs_file(self) -> Path:
+        return self.root / "costs.json"
 
-    def level_dir(self, level: int) -> Path:
-        return self.root / "levels" / f"level_{level:02d}"
+    def rewind_file(self, replicate: int) -> Path:
+        return self.root / f"replicate_{replicate}" / "rewind_point.pt"
 
-    def mask_file(self, level: int) -> Path:
-        return self.level_dir(level) / "mask.safetensors"
+    def run_dir(self, run: Run) -> Path:
+        return self.root / f"replicate_{run.replicate}" / run.branch / f"level_{run.level:02d}"
 
-    def ticket_file(self, level: int) -> Path:
-        return self.level_dir(level) / "ticket.safetensors"
+    def mask_file(self, run: Run) -> Path:
+        return self.run_dir(run) / "mask.safetensors"
 
-    def metrics_file(self, level: int) -> Path:
-        return self.level_dir(level) / "metrics.json"
+    def ticket_file(self, run: Run) -> Path:
+        return self.run_dir(run) / "ticket.safetensors"
 
-    def checkpoint_dir(self, level: int) -> Path:
-        return self.level_dir(level) / "checkpoints"
+    def final_state_file(self, run: Run) -> Path:
+        return self.run_dir(run) / "final_state.pt"
+
+    def metrics_file(self, run: Run) -> Path:
+        return self.run_dir(run) / "metrics.json"
+
+    def checkpoint_dir(self, run: Run) -> Path:
+        return self.run_dir(run) / "checkpoints"
 
     # binding to a configuration
     def bind(self, config: Mapping[str, Any], name: str) -> str:
@@ -131,24 +166,31 @@ class ExperimentStore:
         write_json(self.experiment_file, {"id": experiment_id, "hash": digest, "config": json.loads(canonical_json(config))})
         return experiment_id
 
-    # levels
-    def finished_levels(self) -> list[int]:
-        levels = self.root / "levels"
-        if not levels.is_dir():
-            return []
-        return sorted(int(p.name[6:]) for p in levels.glob("level_*") if (p / "metrics.json").is_file())
+    def write_costs(self, costs: Mapping[str, Any]) -> None:
+        write_json(self.costs_file, dict(costs))
 
-    def read_metrics(self, level: int) -> dict[str, Any]:
-        return read_json(self.metrics_file(level))
+    # runs
+    def is_done(self, run: Run) -> bool:
+        return self.metrics_file(run).is_file()
 
-    def finish_level(self, level: int, metrics: Mapping[str, Any]) -> None:
-        """Mark ``level`` done by writing its metrics (last, atomically), then rebuild the results tables."""
-        write_json(self.metrics_file(level), dict(metrics))
+    def finished_runs(self) -> list[Run]:
+        found = []
+        for path in self.root.glob("replicate_*/*/level_*/metrics.json"):
+            level_dir = path.parent
+            found.append(Run(int(level_dir.parent.parent.name[10:]), level_dir.parent.name, int(level_dir.name[6:])))
+        return sorted(found, key=lambda r: (r.replicate, r.level, r.branch != "ticket", r.branch))
+
+    def read_metrics(self, run: Run) -> dict[str, Any]:
+        return read_json(self.metrics_file(run))
+
+    def finish(self, run: Run, metrics: Mapping[str, Any]) -> None:
+        """Mark ``run`` done by writing its metrics (last, atomically), then rebuild the results tables."""
+        write_json(self.metrics_file(run), dict(metrics))
         self.write_results()
 
     def results(self) -> list[dict[str, Any]]:
-        """The rows of all finished levels, in level order."""
-        return [self.read_metrics(level) for level in self.finished_levels()]
+        """The rows of all finished runs, by replicate, level and branch (the main line first)."""
+        return [self.read_metrics(run) for run in self.finished_runs()]
 
     def write_results(self) -> None:
         rows = self.results()
@@ -163,6 +205,20 @@ class ExperimentStore:
             self.root / "layers.csv",
             _csv(layer_rows, ("branch", "replicate", "level", "layer", "alive", "total", "remaining")).encode(),
         )
+
+    def write_aggregate(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """``aggregate.csv``: mean, std and 95% CI over replicates per branch and level."""
+        from lightning_lottery.aggregate import write_aggregate
+
+        write_aggregate(rows, self.root / "aggregate.csv")
+
+    # the W&B summary run is logged once per set of results
+    def summary_logged(self) -> bool:
+        marker = self.root / "wandb_summary.json"
+        return marker.is_file() and read_json(marker).get("runs") == len(self.finished_runs())
+
+    def mark_summary_logged(self) -> None:
+        write_json(self.root / "wandb_summary.json", {"runs": len(self.finished_runs())})
 
 
 def _csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -85,3 +86,40 @@ class Ticket:
         missing = [k for k in own if k not in self.state]
         if missing:
             raise MaskError(f"ticket lacks state {missing[0]!r} of the model")
+
+
+def resolve_ticket(ref: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+    """A local ticket file for ``ref``: a path, or a W&B artifact reference downloaded to ``cache_dir``.
+
+    W&B references look like ``wandb:ENTITY/PROJECT/NAME:ALIAS`` (the ``wandb:`` prefix may be left out when the
+    reference is not an existing path). Fetching needs a W&B login and network; without them one ``RuntimeError``
+    says so.
+
+    Example:
+        >>> resolve_ticket("no/such/file.safetensors")
+        Traceback (most recent call last):
+        ...
+        lightning_lottery.masks.MaskError: no/such/file.safetensors: no such ticket file
+    """
+    path = Path(ref)
+    if path.is_file():
+        return path
+    text = str(ref)
+    if text.startswith("wandb:"):
+        text = text[len("wandb:"):]
+    elif text.endswith(".safetensors") or ":" not in text:
+        raise MaskError(f"{ref}: no such ticket file")
+    mode = os.environ.get("WANDB_MODE", "")
+    if mode in ("offline", "disabled", "dryrun"):
+        raise RuntimeError(f"cannot fetch W&B artifact {text!r} with WANDB_MODE={mode}: fetch it online, or pass a file")
+    import wandb
+
+    try:
+        artifact = wandb.Api(timeout=30).artifact(text, type="lottery-ticket")
+        directory = Path(artifact.download(root=str(cache_dir) if cache_dir else None))
+    except Exception as err:  # no login, no network, no such artifact: one line
+        raise RuntimeError(f"cannot fetch W&B artifact {text!r}: {err}".splitlines()[0]) from err
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise MaskError(f"W&B artifact {text!r} holds no .safetensors ticket")
+    return files[0]

@@ -90,7 +90,7 @@ def test_sigkill_then_rerun_continues(tmp_path):
     args = cli("find", "--config", SMOKE, "--lottery.out_dir", str(out_dir), "--lottery.levels", "2",
                "--trainer.max_steps", "60", "--lottery.val_every_n_steps", "10")
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
-    done0 = out_dir / "levels" / "level_00" / "metrics.json"
+    done0 = out_dir / "replicate_0" / "ticket" / "level_00" / "metrics.json"
     deadline = time.time() + 240
     while not done0.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -100,7 +100,7 @@ def test_sigkill_then_rerun_continues(tmp_path):
     stamp = done0.stat().st_mtime_ns
     rerun = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "level 0/2 (1/3 done)" in rerun.stderr and "already done, skipped" in rerun.stderr
+    assert "ticket level 0/2" in rerun.stderr and "already done, skipped" in rerun.stderr
     assert done0.stat().st_mtime_ns == stamp
     assert len(list(csv.DictReader(open(out_dir / "results.csv")))) == 3
 
@@ -143,11 +143,11 @@ def test_corrupt_mask_file_on_resume_names_the_file(tmp_path, capsys):
     args = ["find", "--config", SMOKE, "--lottery.out_dir", str(out_dir), "--lottery.levels", "1", *FAST]
     assert main(args) == 0
     (out_dir / "results.csv").unlink()
-    (out_dir / "levels" / "level_01" / "metrics.json").unlink()  # level 1 unfinished ...
-    mask = out_dir / "levels" / "level_01" / "mask.safetensors"
+    (out_dir / "replicate_0" / "ticket" / "level_01" / "metrics.json").unlink()  # level 1 unfinished ...
+    mask = out_dir / "replicate_0" / "ticket" / "level_01" / "mask.safetensors"
     mask.write_bytes(mask.read_bytes()[:50])  # ... and its mask damaged
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     assert exit_info.value.code == 2
     assert "level_01/mask.safetensors" in capsys.readouterr().err
-    assert (out_dir / "levels" / "level_00" / "metrics.json").is_file()  # finished work is kept
+    assert (out_dir / "replicate_0" / "ticket" / "level_00" / "metrics.json").is_file()  # finished work is kept

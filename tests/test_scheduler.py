@@ -45,16 +45,16 @@ def test_levels_write_results_masks_and_tickets(tmp_path):
         layers = list(csv.DictReader(f))
     assert {row["layer"] for row in layers} == {"net.0.weight", "net.2.weight", "net.4.weight"}
     # each level's ticket is θk ⊙ m of that level's mask
-    rewind = RewindState.load(tmp_path / "rewind_point.pt")
+    rewind = RewindState.load(tmp_path / "replicate_0" / "rewind_point.pt")
     for level in range(3):
-        ticket = Ticket.load(tmp_path / "levels" / f"level_{level:02d}" / "ticket.safetensors")
-        mask = load_mask(tmp_path / "levels" / f"level_{level:02d}" / "mask.safetensors")
+        ticket = Ticket.load(tmp_path / "replicate_0" / "ticket" / f"level_{level:02d}" / "ticket.safetensors")
+        mask = load_mask(tmp_path / "replicate_0" / "ticket" / f"level_{level:02d}" / "mask.safetensors")
         assert ticket.metadata["level"] == str(level)
         for name, m in mask.items():
             assert torch.equal(ticket.mask[name], m)
             assert torch.equal(ticket.state[name], rewind.model[name] * m)
     # mid-level checkpoints are cleaned up once a level is done
-    assert not any((tmp_path / "levels").glob("*/checkpoints/*.ckpt"))
+    assert not any(tmp_path.glob("replicate_0/*/*/checkpoints/*.ckpt"))
 
 
 def test_global_scope_with_override(tmp_path):
@@ -71,8 +71,8 @@ def test_same_seed_same_masks_and_metrics(tmp_path):
         for key in ("remaining", "test_acc", "early_stop_iter", "min_val_loss", "val_history"):
             assert ra[key] == rb[key], key
     for level in range(3):
-        ma = load_mask(tmp_path / "a" / "levels" / f"level_{level:02d}" / "mask.safetensors")
-        mb = load_mask(tmp_path / "b" / "levels" / f"level_{level:02d}" / "mask.safetensors")
+        ma = load_mask(tmp_path / "a" / "replicate_0" / "ticket" / f"level_{level:02d}" / "mask.safetensors")
+        mb = load_mask(tmp_path / "b" / "replicate_0" / "ticket" / f"level_{level:02d}" / "mask.safetensors")
         assert checksum(ma) == checksum(mb)
 
 
@@ -100,8 +100,8 @@ def test_resume_after_interruption_recomputes_nothing(tmp_path):
     # the crash hits level 0 at step 9: nothing is finished, a checkpoint at step 8 exists
     with pytest.raises(SystemExit):
         s.run()
-    assert (tmp_path / "levels" / "level_00" / "checkpoints" / "last.ckpt").is_file()
-    assert not (tmp_path / "levels" / "level_00" / "metrics.json").exists()
+    assert (tmp_path / "replicate_0" / "ticket" / "level_00" / "checkpoints" / "last.ckpt").is_file()
+    assert not (tmp_path / "replicate_0" / "ticket" / "level_00" / "metrics.json").exists()
     # rerun without the crash: level 0 resumes at step 8 from its checkpoint, then levels 1, 2 run
     FirstStep.seen = []
     rows = scheduler(tmp_path, trainer=dict(TRAINER, callbacks=[FirstStep()])).run()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -10,9 +13,40 @@ from lightning import LightningModule
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-__all__ = ["ImageClassifier", "OptimizerName"]
+__all__ = ["ImageClassifier", "OptimizerName", "WarmupMultiStep"]
 
 OptimizerName = Literal["adam", "adamw", "sgd"]
+
+
+@dataclass
+class WarmupMultiStep:
+    """LR factor for optimizer step ``s`` (0-based): linear warmup, then ×``gamma`` at each milestone.
+
+    ``factor(s) = min(1, (s + 1) / warmup_steps) * gamma ** (number of milestones <= s)``: the first step
+    trains at ``1 / warmup_steps`` of the base rate, step ``warmup_steps - 1`` at the full rate; milestones
+    count optimizer steps (as ``MultiStepLR`` does). A plain dataclass rather than a closure, so that
+    ``LambdaLR.state_dict`` (checkpoints, rewind points) stores it.
+
+    Example:
+        >>> f = WarmupMultiStep(warmup_steps=4, milestones=[6], gamma=0.1)
+        >>> [round(f(s), 3) for s in range(8)]
+        [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 0.1, 0.1]
+    """
+
+    warmup_steps: int = 0
+    milestones: Sequence[int] = ()
+    gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        if int(self.warmup_steps) < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        self.warmup_steps = int(self.warmup_steps)
+        self.milestones = sorted(int(m) for m in self.milestones)
+        self.gamma = float(self.gamma)
+
+    def __call__(self, step: int) -> float:
+        warmup = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps > 0 else 1.0
+        return warmup * self.gamma ** bisect.bisect_right(self.milestones, step)
 
 
 class ImageClassifier(LightningModule):
@@ -22,7 +56,8 @@ class ImageClassifier(LightningModule):
     (per epoch; accuracy is the fraction of correct predictions). ``configure_optimizers`` reads the
     hyperparameters that subclasses store with ``save_hyperparameters()``: ``optimizer`` ("adam", "adamw"
     or "sgd"), ``lr``, ``momentum`` (sgd only), ``weight_decay``, and optionally ``milestones`` + ``gamma``
-    for a step-based ``MultiStepLR`` (milestones count optimizer steps, not epochs).
+    for a step-based ``MultiStepLR`` (milestones count optimizer steps, not epochs) and ``warmup_steps`` for a
+    linear warmup (then one ``LambdaLR`` with :class:`WarmupMultiStep` does both).
 
     Example:
         >>> class Linear(ImageClassifier):
@@ -75,7 +110,8 @@ class ImageClassifier(LightningModule):
         return self(x)
 
     def configure_optimizers(self) -> Any:
-        """The optimizer named by ``hparams.optimizer`` and, with ``milestones``, a per-step MultiStepLR."""
+        """The optimizer named by ``hparams.optimizer`` and, with ``milestones`` and/or ``warmup_steps``, a
+        per-step LR schedule (``MultiStepLR`` without warmup, else ``LambdaLR`` with :class:`WarmupMultiStep`)."""
         hp = self.hparams
         name = str(hp.get("optimizer", "adam")).lower()
         lr = float(hp.get("lr", 1e-3))
@@ -91,10 +127,15 @@ class ImageClassifier(LightningModule):
             optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
         else:
             raise ValueError(f"unknown optimizer {name!r}; expected 'adam', 'adamw' or 'sgd'")
-        milestones = hp.get("milestones")
-        if not milestones:
+        milestones = list(hp.get("milestones") or [])
+        gamma = float(hp.get("gamma", 0.1))
+        warmup_steps = int(hp.get("warmup_steps") or 0)
+        scheduler: torch.optim.lr_scheduler.LRScheduler
+        if warmup_steps > 0:
+            factor = WarmupMultiStep(warmup_steps=warmup_steps, milestones=milestones, gamma=gamma)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=factor)
+        elif milestones:
+            scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=gamma)
+        else:
             return {"optimizer": optimizer}
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, milestones=list(milestones), gamma=float(hp.get("gamma", 0.1))
-        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
