@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback
 
 from lightning_lottery import pruning
 from lightning_lottery.criteria import get_criterion
-from lightning_lottery.masks import Mask, MaskError, apply_mask_, check_fits, load_mask, ones_mask, prunable_parameters
+from lightning_lottery.masks import Mask, MaskError, check_fits, load_mask, ones_mask, prunable_parameters
 from lightning_lottery.rewind import RewindState, RewindStep, cpu_copy
 from lightning_lottery.ticket import Ticket, resolve_ticket
 
@@ -120,8 +120,7 @@ class LotteryTicket(Callback):
     ) -> None:
         self._stepped = True
         if not self._dense:
-            grads = {i: p.grad for i, p in enumerate(self._params) if p.grad is not None}
-            apply_mask_(grads, dict(enumerate(self._device_masks)))
+            self._multiply_masks([p.grad for p in self._params])
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -195,7 +194,14 @@ class LotteryTicket(Callback):
 
     def _mask_weights(self) -> None:
         if not self._dense:
-            apply_mask_(dict(enumerate(self._params)), dict(enumerate(self._device_masks)))
+            self._multiply_masks(self._params)
+
+    @torch.no_grad()
+    def _multiply_masks(self, tensors: Sequence[torch.Tensor | None]) -> None:
+        """Zero the pruned entries of tensors shaped like the prunable parameters, in place (one foreach call)."""
+        pairs = [(t, m) for t, m in zip(tensors, self._device_masks) if t is not None]
+        if pairs:
+            torch._foreach_mul_([t for t, _ in pairs], [m for _, m in pairs])
 
     def _maybe_capture(self, trainer: pl.Trainer, pl_module: pl.LightningModule, position: int) -> None:
         if self.rewind_point is not None or position < self.rewind_step.amount:
@@ -219,12 +225,11 @@ class LotteryTicket(Callback):
             for cfg, state in zip(trainer.lr_scheduler_configs, rp.lr_schedulers):
                 cfg.scheduler.load_state_dict(cpu_copy(state))
         self._mask_weights()
-        named = dict(zip(range(len(self._params)), self._device_masks))
-        for opt in trainer.optimizers:
-            for i, p in enumerate(self._params):
+        for opt in trainer.optimizers:  # pruned entries of momenta / moments start at zero
+            for p, m in zip(self._params, self._device_masks):
                 for value in opt.state.get(p, {}).values():
                     if isinstance(value, torch.Tensor) and value.shape == p.shape:
-                        value.mul_(named[i].to(value.device))
+                        value.mul_(m.to(value.device))
         _set_loop_position(trainer, rp.step, rp.epoch)
         self._pending_rewind = False
 

@@ -44,6 +44,7 @@ class ExperimentProgress:
         self.run, self.run_started = run, time.perf_counter()
 
     def skipped(self, run: Run, row: Mapping[str, Any]) -> None:
+        self.run = run
         self.finished += 1
         self._say(f"{self._head(run)} · {100 * row['remaining']:.1f}% remaining · test acc "
                   f"{_fmt(row.get('test_acc'))} · already done, skipped")
@@ -63,9 +64,11 @@ class ExperimentProgress:
         return _RunProgress(self)
 
     # -------------------------------------------------------------------------------------------- helpers
-    def _head(self, run: Run) -> str:
+    def _head(self, run: Run, index: int | None = None) -> str:
+        """``[lottery] run 5/36 · ticket r1 level 3/11``; ``index`` defaults to the runs finished so far."""
         replicate = f" r{run.replicate}" if run.replicate else ""
-        return f"[lottery] {self.finished}/{self.total} runs · {run.branch}{replicate} level {run.level}/{self.levels}"
+        number = self.finished if index is None else index
+        return f"[lottery] run {number}/{self.total} · {run.branch}{replicate} level {run.level}/{self.levels}"
 
     def eta(self, fraction_of_run: float) -> float:
         """Seconds left: the rest of this run (projected from its pace) plus the runs after it."""
@@ -102,7 +105,7 @@ class _RunProgress(Callback):
         while self.next_report <= fraction:
             self.next_report += 0.25
         acc = trainer.callback_metrics.get("val_acc")
-        text = (f"{p._head(p.run)} · step {trainer.global_step}/{trainer.max_steps} · val acc "
+        text = (f"{p._head(p.run, p.finished + 1)} · step {trainer.global_step}/{trainer.max_steps} · val acc "
                 f"{_fmt(float(acc)) if acc is not None else '—'} · elapsed "
                 f"{_duration(time.perf_counter() - p.started)} · ETA {_duration(p.eta(fraction))}")
         p._say(text, end_line=not tty)

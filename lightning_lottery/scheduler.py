@@ -182,6 +182,10 @@ class PruningScheduler:
         if self.wandb is not None:
             self._tracker = WandbTracker(self.wandb, self.experiment_id, config_hash(self.experiment_config),
                                          self.experiment_config, self.store.root)
+            mode = self.wandb.resolved_mode()
+            where = f"offline runs in {self._tracker.dir / 'wandb'} (upload later: wandb sync {self._tracker.dir / 'wandb'}/offline-run-*)"
+            self._say(f"[lottery] W&B {mode}: group {self.experiment_id} in project {self.wandb.project}"
+                      + (f"; {where}" if mode == "offline" else ""))
         runs = self.runs()
         progress = ExperimentProgress(len(runs), cfg.levels, self.stream)
         trained_any = False
@@ -245,8 +249,12 @@ class PruningScheduler:
         if is_main and run.level < cfg.levels:  # the next level's mask, from the final weights
             save_mask(self._next_mask(mask, seed, run.level), self.store.mask_file(run.next_level()),
                       {"level": str(run.level + 1)})
-        best_entry = history.best()
-        early = self._test(trainer, best.best_model_path) if best.best_model_path else {}
+        best_entry, val_history = history.best(), list(history.history)
+        # testing from the early-stop checkpoint restores callback states too: read them before
+        if best_entry is not None and best_entry["step"] == trainer.global_step:
+            early = test  # the early-stopping iteration is the last one: the same weights
+        else:
+            early = self._test(trainer, best.best_model_path) if best.best_model_path else {}
         ticket_path = self.store.ticket_file(run)
         Ticket.from_state(lottery.rewind_point.model if start_state is None else start_state.model, mask,
                           level=run.level, branch=run.branch, replicate=run.replicate, remaining=remaining(mask),
@@ -264,13 +272,13 @@ class PruningScheduler:
             "early_stop_iter": best_entry["step"] if best_entry else None,
             "early_stop_test_acc": early.get("test_acc"),
             "min_val_loss": best_entry["val_loss"] if best_entry else None,
-            "best_val_acc": max((r.get("val_acc", float("nan")) for r in history.history), default=None),
+            "best_val_acc": max((r.get("val_acc", float("nan")) for r in val_history), default=None),
             "steps": trainer.global_step,
             "rewind_step": lottery.rewind_point.step,
             "wall_s": round(time.perf_counter() - start, 3),
             "layers": {n: {"alive": int(m.sum()), "total": m.numel(), "remaining": int(m.sum()) / m.numel()}
                        for n, m in mask.items()},
-            "val_history": history.history,
+            "val_history": val_history,
         }
         self._log_summary(loggers, row, ticket_path)
         self.store.finish(run, row)
@@ -381,7 +389,8 @@ class PruningScheduler:
         user_callbacks = kwargs.pop("callbacks", None) or []
         if isinstance(user_callbacks, Callback):
             user_callbacks = [user_callbacks]
-        kwargs["callbacks"] = [copy.deepcopy(c) for c in user_callbacks] + own
+        # ours first: user callbacks see the rewound, masked model in their hooks
+        kwargs["callbacks"] = own + [copy.deepcopy(c) for c in user_callbacks]
         kwargs["default_root_dir"] = str(info.directory)
         kwargs["enable_checkpointing"] = True
         kwargs["logger"] = loggers if loggers else False

@@ -59,7 +59,29 @@ class WandbSettings:
 
     @property
     def active(self) -> bool:
-        return self.enabled and (self.mode or os.environ.get("WANDB_MODE", "")) != "disabled"
+        return self.enabled and self.resolved_mode() != "disabled"
+
+    def resolved_mode(self) -> str:
+        """``mode``, else ``WANDB_MODE``, else ``online`` when a W&B login is found and ``offline`` when not."""
+        if self.mode:
+            return self.mode
+        env = os.environ.get("WANDB_MODE", "")
+        if env:
+            return "offline" if env == "dryrun" else env
+        return "online" if _logged_in() else "offline"
+
+
+def _logged_in() -> bool:
+    """Whether W&B credentials exist (environment or ~/.netrc), without asking W&B's servers."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    import netrc
+
+    try:
+        host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+        return netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 class WandbTracker:
@@ -81,14 +103,14 @@ class WandbTracker:
         self.config = dict(config)
         self.dir = Path(settings.dir) if settings.dir else Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("WANDB_SILENT", "true")  # our progress lines say where runs go
 
     def _init_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"project": self.settings.project, "group": self.experiment_id,
                                   "tags": list(self.settings.tags), "dir": str(self.dir)}
         if self.settings.entity:
             kwargs["entity"] = self.settings.entity
-        if self.settings.mode:
-            kwargs["mode"] = self.settings.mode
+        kwargs["mode"] = self.settings.resolved_mode()
         return kwargs
 
     def logger(self, info: LevelInfo) -> WandbLogger:

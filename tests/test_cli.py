@@ -100,7 +100,7 @@ def test_sigkill_then_rerun_continues(tmp_path):
     stamp = done0.stat().st_mtime_ns
     rerun = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "ticket level 0/2" in rerun.stderr and "already done, skipped" in rerun.stderr
+    assert "run 1/3 · ticket level 0/2" in rerun.stderr and "already done, skipped" in rerun.stderr
     assert done0.stat().st_mtime_ns == stamp
     assert len(list(csv.DictReader(open(out_dir / "results.csv")))) == 3
 
@@ -151,3 +151,34 @@ def test_corrupt_mask_file_on_resume_names_the_file(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "level_01/mask.safetensors" in capsys.readouterr().err
     assert (out_dir / "replicate_0" / "ticket" / "level_00" / "metrics.json").is_file()  # finished work is kept
+
+
+def test_report_retrain_and_wandb_reference_offline(tmp_path, capsys, monkeypatch):
+    out_dir = tmp_path / "exp"
+    assert main(["find", "--config", SMOKE, "--lottery.out_dir", str(out_dir), "--lottery.levels", "1", *FAST]) == 0
+    assert (out_dir / "report" / "report.html").is_file()  # find writes the report at the end
+    # the report regenerates from a copied directory, without training
+    import shutil
+
+    copy_dir = tmp_path / "copy"
+    shutil.copytree(out_dir, copy_dir)
+    shutil.rmtree(copy_dir / "report")
+    capsys.readouterr()
+    assert main(["report", str(copy_dir)]) == 0
+    html = (copy_dir / "report" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4
+    assert (copy_dir / "report" / "summary.csv").read_text() == (out_dir / "report" / "summary.csv").read_text()
+    # --wandb without a login: one line, no traceback
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert main(["report", str(copy_dir), "--wandb", "true"]) == 1
+    err = capsys.readouterr().err
+    assert "W&B report not published" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    # a saved ticket trains again; a W&B reference offline is one clear error
+    ticket = out_dir / "replicate_0" / "ticket" / "level_01" / "ticket.safetensors"
+    assert main(["retrain", "--config", SMOKE, "--ticket", str(ticket), "--trainer.max_steps", "5", "--quiet", "true",
+                 "--wandb.enabled", "false"]) == 0
+    assert "80.2% weights remaining" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["retrain", "--config", SMOKE, "--ticket", "wandb:me/proj/ticket:v0", "--trainer.max_steps", "5"])
+    assert exit_info.value.code == 2
+    assert "cannot fetch W&B artifact 'me/proj/ticket:v0'" in capsys.readouterr().err

@@ -150,3 +150,12 @@ def test_config_validation():
             LotteryConfig(**bad)
     assert hash(LotteryConfig()) == hash(LotteryConfig())
     assert LotteryConfig().digest != LotteryConfig(rate=0.3).digest
+
+
+def test_validation_history_is_complete_when_early_stop_is_early(tmp_path):
+    # a learning rate that makes training diverge: minimum validation loss at the first validation
+    rows = scheduler(tmp_path, model=TinyMLP(optimizer="sgd", lr=20.0), levels=0).run()
+    (row,) = rows
+    assert [h["step"] for h in row["val_history"]] == [4, 8, 12]
+    assert row["early_stop_iter"] == min(row["val_history"], key=lambda h: h["val_loss"])["step"]
+    assert row["early_stop_iter"] < 12

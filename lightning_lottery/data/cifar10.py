@@ -102,6 +102,15 @@ class CIFAR10DataModule(LightningDataModule):
     device, only while the trainer is training. The randomness of a batch is a function of ``(seed, epoch,
     batch index)``, so a rerun, a resumed fit and a rewound level see the same augmentations.
 
+    Args:
+        data_dir: directory with ``cifar-10-batches-py/`` (default ``~/.cache/lightning-lottery``).
+        batch_size: training batch size.
+        eval_batch_size: validation and test batch size.
+        val_size: training images held out for validation.
+        seed: seed of the validation split, the training shuffle and the augmentation.
+        download: download missing files with torchvision (needs network).
+        augment: random crops (4-pixel zero padding) and horizontal flips of training batches.
+
     Example:
         >>> dm = CIFAR10DataModule(data_dir="/nonexistent")
         >>> dm.input_shape, dm.augment

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import ClassVar
@@ -43,6 +44,15 @@ class IDXImageDataModule(LightningDataModule):
     ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``, directly or in the torchvision layout
     ``<dir>/<torchvision_name>/raw/``. Missing files raise :class:`DataNotFoundError` unless ``download`` is
     true, in which case torchvision downloads them to ``data_dir`` (default ``~/.cache/lightning-lottery``).
+
+    Args:
+        data_dir: directory with the files (default: ``default_dirs``).
+        batch_size: training batch size.
+        eval_batch_size: validation and test batch size.
+        val_size: training images held out for validation.
+        seed: seed of the validation split and of the training shuffle.
+        download: download missing files with torchvision (needs network).
+        flatten: ``[N, 784]`` inputs instead of ``[N, 1, 28, 28]``.
 
     Example:
         >>> class KMNIST(IDXImageDataModule):  # a new MNIST-style dataset is a few class attributes
@@ -166,7 +176,7 @@ class IDXImageDataModule(LightningDataModule):
 
     def _normalise(self, images: Tensor) -> Tensor:
         x = images.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)
-        return x.reshape(len(x), -1) if self.flatten else x.unsqueeze(1)
+        return x.reshape(len(x), math.prod(self.image_size)) if self.flatten else x.unsqueeze(1)
 
     def _labels(self, path: Path, n: int) -> Tensor:
         labels = read_idx(path)

@@ -23,6 +23,17 @@ class SyntheticImageDataModule(LightningDataModule):
     ``[N, prod(shape)]``. Training batches are shuffled (``TensorLoader``), evaluation batches are
     ``eval_batch_size`` large.
 
+    Args:
+        shape: shape of one input, e.g. ``[3, 32, 32]``.
+        num_classes: number of classes (and prototypes).
+        train_size: training samples.
+        val_size: validation samples.
+        test_size: test samples.
+        batch_size: training batch size.
+        eval_batch_size: validation and test batch size.
+        seed: seed of everything drawn.
+        flatten: ``[N, prod(shape)]`` inputs.
+
     Example:
         >>> dm = SyntheticImageDataModule(shape=[1, 8, 8], num_classes=3, train_size=20, batch_size=8)
         >>> dm.setup("fit")
@@ -80,7 +91,7 @@ class SyntheticImageDataModule(LightningDataModule):
         for name, n in sizes.items():
             y = torch.randint(self.num_classes, (n,), generator=g)
             x = (prototypes[y] + torch.randn(n, *self.shape, generator=g)) / math.sqrt(2.0)
-            splits[name] = (x.reshape(n, -1) if self.flatten else x, y)
+            splits[name] = (x.reshape(n, math.prod(self.shape)) if self.flatten else x, y)
         self._splits = splits
 
     def _split(self, name: str) -> tuple[Tensor, Tensor]:

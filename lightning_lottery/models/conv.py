@@ -35,6 +35,20 @@ class ConvNet(ImageClassifier):
     number 4.30M / 38.6K in convs (Conv-2), 2.42M / 260K (Conv-4) and 2.26M / 1.14M (Conv-6; the paper's
     table says 1.7M, which does not add up for this architecture: its fc1 alone has 4·4·256·256 = 1.05M).
 
+    Args:
+        variant: ``"conv2"``, ``"conv4"`` or ``"conv6"`` (2, 4 or 6 convolutions).
+        in_channels: input channels (3 for CIFAR-10, 1 for MNIST-style data).
+        image_size: input height = width; fixes the size of ``fc1``.
+        num_classes: output classes.
+        dropout: dropout rate before each fc layer (0: no dropout layers).
+        optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``.
+        lr: base learning rate.
+        momentum: SGD momentum.
+        weight_decay: L2 penalty (the optimizer's ``weight_decay``).
+        milestones: optimizer steps at which the learning rate is multiplied by ``gamma``.
+        gamma: factor applied at each milestone.
+        warmup_steps: steps of linear learning-rate warmup (0: none).
+
     Example:
         >>> import torch
         >>> model = ConvNet("conv2", in_channels=1, image_size=28)

@@ -100,6 +100,18 @@ class ResNet20(ImageClassifier):
     kaiming-normal (fan_in) Conv/Linear weights, zero biases, BN weight 1 / bias 0. Defaults: SGD lr 0.1,
     momentum 0.9, weight decay 1e-4 (the standard CIFAR schedule; recipes add milestones and warmup).
 
+    Args:
+        in_channels: input channels.
+        num_classes: output classes.
+        width: channels of the first stage (the others have 2× and 4×).
+        optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``.
+        lr: base learning rate.
+        momentum: SGD momentum.
+        weight_decay: L2 penalty (the optimizer's ``weight_decay``).
+        milestones: optimizer steps at which the learning rate is multiplied by ``gamma``.
+        gamma: factor applied at each milestone.
+        warmup_steps: steps of linear learning-rate warmup (0: none).
+
     Example:
         >>> import torch
         >>> model = ResNet20()

@@ -30,6 +30,18 @@ class VGG(ImageClassifier):
     (fan_in) Conv/Linear weights, zero biases, BN weight 1 / bias 0. Defaults: SGD lr 0.1, momentum 0.9, weight
     decay 1e-4.
 
+    Args:
+        depth: 16 or 19 (13 or 16 convolutions; the name counts the original VGG's 3 fc layers).
+        in_channels: input channels.
+        num_classes: output classes.
+        optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``.
+        lr: base learning rate.
+        momentum: SGD momentum.
+        weight_decay: L2 penalty (the optimizer's ``weight_decay``).
+        milestones: optimizer steps at which the learning rate is multiplied by ``gamma``.
+        gamma: factor applied at each milestone.
+        warmup_steps: steps of linear learning-rate warmup (0: none).
+
     Example:
         >>> import torch
         >>> model = VGG(depth=16)
