@@ -9,6 +9,7 @@ from lightning_lottery.data.idx import read_idx
 from lightning_lottery.data.idx_images import IDXImageDataModule
 from lightning_lottery.data.mnist import MNISTDataModule
 from lightning_lottery.data.synthetic import SyntheticImageDataModule
+from lightning_lottery.data.tensor_datamodule import TensorDataModule
 from lightning_lottery.data.tensor_loader import TensorLoader
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "IDXImageDataModule",
     "MNISTDataModule",
     "SyntheticImageDataModule",
+    "TensorDataModule",
     "TensorLoader",
     "random_crop",
     "random_crop_flip",

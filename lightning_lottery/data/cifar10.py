@@ -9,13 +9,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning import LightningDataModule
 from torch import Tensor
 
 from lightning_lottery.data.augment import random_crop_flip
 from lightning_lottery.data.errors import DataNotFoundError
 from lightning_lottery.data.idx_images import CACHE_DIR
-from lightning_lottery.data.tensor_loader import TensorLoader, _epoch_seed
+from lightning_lottery.data.tensor_datamodule import Splits, TensorDataModule
+from lightning_lottery.data.tensor_loader import _epoch_seed
 
 __all__ = ["CIFAR10DataModule", "read_cifar_batch"]
 
@@ -87,7 +87,7 @@ def read_cifar_batch(path: str | Path) -> tuple[Tensor, Tensor]:
     return images, torch.from_numpy(labels.astype(np.int64))
 
 
-class CIFAR10DataModule(LightningDataModule):
+class CIFAR10DataModule(TensorDataModule):
     """CIFAR-10 (50,000 train / 10,000 test, 32×32 RGB, 10 classes) as normalised ``[N, 3, 32, 32]`` float tensors.
 
     Reads the python version's batch files (``data_batch_1`` … ``data_batch_5``, ``test_batch``) from
@@ -134,18 +134,13 @@ class CIFAR10DataModule(LightningDataModule):
         download: bool = False,
         augment: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, val_size=val_size, seed=seed)
         self.save_hyperparameters()
         if not 0 <= val_size < 50_000:
             raise ValueError(f"val_size must be in [0, 50000), got {val_size}")
         self.data_dir = data_dir
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.val_size = val_size
-        self.seed = seed
         self.download = download
         self.augment = augment
-        self._splits: dict[str, tuple[Tensor, Tensor]] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -200,48 +195,14 @@ class CIFAR10DataModule(LightningDataModule):
         std = torch.tensor(STD).view(1, 3, 1, 1)
         return images.to(torch.float32).div_(255.0).sub_(mean).div_(std)
 
-    def setup(self, stage: str | None = None) -> None:
-        """Read, normalise and split the data (once; later calls return immediately)."""
-        if self._splits is not None:
-            return
+    def _build_splits(self) -> Splits:
+        """Read, normalise and split the data."""
         files = self._files(allow_download=True)
         parts = [read_cifar_batch(files[name]) for name in TRAIN_FILES]
         x_train = torch.cat([x for x, _ in parts])
         y_train = torch.cat([y for _, y in parts])
         x_test, y_test = read_cifar_batch(files[TEST_FILE])
-        if self.val_size >= len(x_train):
-            raise ValueError(f"val_size {self.val_size} leaves no training images (the files hold {len(x_train)})")
-        perm = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(self.seed))
-        val_idx, train_idx = perm[: self.val_size], perm[self.val_size :]
-        self._splits = {
-            "train": (self._normalise(x_train[train_idx]), y_train[train_idx]),
-            "val": (self._normalise(x_train[val_idx]), y_train[val_idx]),
-            "test": (self._normalise(x_test), y_test),
-        }
-
-    def _split(self, name: str) -> tuple[Tensor, Tensor]:
-        if self._splits is None:
-            self.setup()
-        assert self._splits is not None
-        return self._splits[name]
-
-    # ------------------------------------------------------------------------------------------ loaders
-    def train_dataloader(self) -> TensorLoader:
-        """Shuffled training batches; the shuffle epoch follows the trainer's epoch when attached."""
-        loader = TensorLoader(*self._split("train"), batch_size=self.batch_size, shuffle=True, seed=self.seed)
-        if self.trainer is not None:
-            loader.set_epoch(self.trainer.current_epoch)
-        return loader
-
-    def val_dataloader(self) -> TensorLoader | list[TensorLoader]:
-        """Validation batches in a fixed order (no loader when ``val_size`` is 0)."""
-        if self.val_size == 0:
-            return []
-        return TensorLoader(*self._split("val"), batch_size=self.eval_batch_size)
-
-    def test_dataloader(self) -> TensorLoader:
-        """The 10,000 test images in file order."""
-        return TensorLoader(*self._split("test"), batch_size=self.eval_batch_size)
+        return self._hold_out_val((x_train, y_train), (x_test, y_test), self._normalise)
 
     # ------------------------------------------------------------------------------------- augmentation
     def _batch_generator(self, device: torch.device) -> torch.Generator:

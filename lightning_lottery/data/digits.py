@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import torch
-from lightning import LightningDataModule
-from torch import Tensor
 
-from lightning_lottery.data.tensor_loader import TensorLoader
+from lightning_lottery.data.tensor_datamodule import Splits, TensorDataModule
 
 __all__ = ["DigitsDataModule"]
 
 
-class DigitsDataModule(LightningDataModule):
+class DigitsDataModule(TensorDataModule):
     """The 1,797 8×8 handwritten digits of ``sklearn.datasets.load_digits`` (bundled, no download).
 
     Pixels are scaled to [0, 1] (÷16) and standardised with the training split's mean/std; shape
@@ -37,27 +35,21 @@ class DigitsDataModule(LightningDataModule):
         seed: int = 0,
         flatten: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            batch_size=batch_size, eval_batch_size=eval_batch_size, val_size=val_size, seed=seed, test_size=test_size
+        )
         self.save_hyperparameters()
         if val_size < 0 or test_size < 0 or val_size + test_size >= 1797:
             raise ValueError(f"val_size + test_size must leave training data, got {val_size} + {test_size}")
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.val_size = val_size
-        self.test_size = test_size
-        self.seed = seed
         self.flatten = flatten
-        self._splits: dict[str, tuple[Tensor, Tensor]] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one input: ``(64,)`` when flattened, else ``(1, 8, 8)``."""
         return (64,) if self.flatten else (1, 8, 8)
 
-    def setup(self, stage: str | None = None) -> None:
-        """Load, split and standardise (once; later calls return immediately)."""
-        if self._splits is not None:
-            return
+    def _build_splits(self) -> Splits:
+        """Load, split and standardise."""
         from sklearn.datasets import load_digits
 
         digits = load_digits()
@@ -71,29 +63,4 @@ class DigitsDataModule(LightningDataModule):
         x = (x - mean) / std
         if not self.flatten:
             x = x.reshape(-1, 1, 8, 8)
-        self._splits = {name: (x[idx], y[idx]) for name, idx in parts.items()}
-
-    def _split(self, name: str) -> tuple[Tensor, Tensor]:
-        if self._splits is None:
-            self.setup()
-        assert self._splits is not None
-        return self._splits[name]
-
-    def train_dataloader(self) -> TensorLoader:
-        """Shuffled training batches; the shuffle epoch follows the trainer's epoch when attached."""
-        loader = TensorLoader(*self._split("train"), batch_size=self.batch_size, shuffle=True, seed=self.seed)
-        if self.trainer is not None:
-            loader.set_epoch(self.trainer.current_epoch)
-        return loader
-
-    def val_dataloader(self) -> TensorLoader | list[TensorLoader]:
-        """Validation batches in a fixed order (no loader when ``val_size`` is 0)."""
-        if self.val_size == 0:
-            return []
-        return TensorLoader(*self._split("val"), batch_size=self.eval_batch_size)
-
-    def test_dataloader(self) -> TensorLoader | list[TensorLoader]:
-        """Test batches in a fixed order (no loader when ``test_size`` is 0)."""
-        if self.test_size == 0:
-            return []
-        return TensorLoader(*self._split("test"), batch_size=self.eval_batch_size)
+        return {name: (x[idx], y[idx]) for name, idx in parts.items()}

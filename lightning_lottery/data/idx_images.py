@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-from lightning import LightningDataModule
 from torch import Tensor
 
 from lightning_lottery.data.errors import DataNotFoundError
 from lightning_lottery.data.idx import read_idx
-from lightning_lottery.data.tensor_loader import TensorLoader
+from lightning_lottery.data.tensor_datamodule import Splits, TensorDataModule
 
 __all__ = ["CACHE_DIR", "IDX_FILES", "IDXImageDataModule"]
 
@@ -29,7 +28,7 @@ IDX_FILES: dict[str, str] = {
 }
 
 
-class IDXImageDataModule(LightningDataModule):
+class IDXImageDataModule(TensorDataModule):
     """MNIST-style data (60,000 train / 10,000 test 28×28 uint8 images, 10 classes) as normalised float tensors.
 
     Subclasses set the class attributes: ``dataset_name`` (for messages), ``torchvision_name`` (the
@@ -82,18 +81,13 @@ class IDXImageDataModule(LightningDataModule):
         download: bool = False,
         flatten: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, val_size=val_size, seed=seed)
         self.save_hyperparameters()
         if not 0 <= val_size < self.train_size:
             raise ValueError(f"val_size must be in [0, {self.train_size}), got {val_size}")
         self.data_dir = data_dir
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.val_size = val_size
-        self.seed = seed
         self.download = download
         self.flatten = flatten
-        self._splits: dict[str, tuple[Tensor, Tensor]] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -184,46 +178,12 @@ class IDXImageDataModule(LightningDataModule):
             raise ValueError(f"{path}: expected {n} labels, got shape {list(labels.shape)}")
         return labels.to(torch.int64)
 
-    def setup(self, stage: str | None = None) -> None:
-        """Read, normalise and split the data (once; later calls return immediately)."""
-        if self._splits is not None:
-            return
+    def _build_splits(self) -> Splits:
+        """Read, normalise and split the data."""
         files = self._files(allow_download=True)
         x_train = self._images(files["train_images"])
         y_train = self._labels(files["train_labels"], len(x_train))
         x_test = self._images(files["test_images"])
         y_test = self._labels(files["test_labels"], len(x_test))
-        if self.val_size >= len(x_train):
-            raise ValueError(f"val_size {self.val_size} leaves no training images (the files hold {len(x_train)})")
-        perm = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(self.seed))
-        val_idx, train_idx = perm[: self.val_size], perm[self.val_size :]
         # split the uint8 images, then convert: 4x less memory traffic than gathering floats
-        self._splits = {
-            "train": (self._normalise(x_train[train_idx]), y_train[train_idx]),
-            "val": (self._normalise(x_train[val_idx]), y_train[val_idx]),
-            "test": (self._normalise(x_test), y_test),
-        }
-
-    def _split(self, name: str) -> tuple[Tensor, Tensor]:
-        if self._splits is None:
-            self.setup()
-        assert self._splits is not None
-        return self._splits[name]
-
-    # ------------------------------------------------------------------------------------------ loaders
-    def train_dataloader(self) -> TensorLoader:
-        """Shuffled training batches; the shuffle epoch follows the trainer's epoch when attached."""
-        loader = TensorLoader(*self._split("train"), batch_size=self.batch_size, shuffle=True, seed=self.seed)
-        if self.trainer is not None:
-            loader.set_epoch(self.trainer.current_epoch)
-        return loader
-
-    def val_dataloader(self) -> TensorLoader | list[TensorLoader]:
-        """Validation batches in a fixed order (no loader when ``val_size`` is 0)."""
-        if self.val_size == 0:
-            return []
-        return TensorLoader(*self._split("val"), batch_size=self.eval_batch_size)
-
-    def test_dataloader(self) -> TensorLoader:
-        """The test images in file order."""
-        return TensorLoader(*self._split("test"), batch_size=self.eval_batch_size)
+        return self._hold_out_val((x_train, y_train), (x_test, y_test), self._normalise)

@@ -5,15 +5,13 @@ from __future__ import annotations
 import math
 
 import torch
-from lightning import LightningDataModule
-from torch import Tensor
 
-from lightning_lottery.data.tensor_loader import TensorLoader
+from lightning_lottery.data.tensor_datamodule import Splits, TensorDataModule
 
 __all__ = ["SyntheticImageDataModule"]
 
 
-class SyntheticImageDataModule(LightningDataModule):
+class SyntheticImageDataModule(TensorDataModule):
     """Noisy copies of one random prototype per class, as in-memory tensors of shape ``[N, *shape]``.
 
     Each class ``c`` has a prototype ``p_c`` with N(0, 1) entries; a sample of class ``c`` is
@@ -54,7 +52,9 @@ class SyntheticImageDataModule(LightningDataModule):
         seed: int = 0,
         flatten: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            batch_size=batch_size, eval_batch_size=eval_batch_size, val_size=val_size, seed=seed, test_size=test_size
+        )
         shape = [int(s) for s in shape]
         self.save_hyperparameters()
         if not shape or any(s < 1 for s in shape):
@@ -67,54 +67,21 @@ class SyntheticImageDataModule(LightningDataModule):
         self.shape = shape
         self.num_classes = num_classes
         self.train_size = train_size
-        self.val_size = val_size
-        self.test_size = test_size
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.seed = seed
         self.flatten = flatten
-        self._splits: dict[str, tuple[Tensor, Tensor]] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one input: ``shape``, or ``(prod(shape),)`` when flattened."""
         return (math.prod(self.shape),) if self.flatten else tuple(self.shape)
 
-    def setup(self, stage: str | None = None) -> None:
-        """Draw the three splits (once; later calls return immediately)."""
-        if self._splits is not None:
-            return
+    def _build_splits(self) -> Splits:
+        """Draw the three splits."""
         g = torch.Generator().manual_seed(self.seed)
         prototypes = torch.randn(self.num_classes, *self.shape, generator=g)
         sizes = {"train": self.train_size, "val": self.val_size, "test": self.test_size}
-        splits: dict[str, tuple[Tensor, Tensor]] = {}
+        splits: Splits = {}
         for name, n in sizes.items():
             y = torch.randint(self.num_classes, (n,), generator=g)
             x = (prototypes[y] + torch.randn(n, *self.shape, generator=g)) / math.sqrt(2.0)
             splits[name] = (x.reshape(n, math.prod(self.shape)) if self.flatten else x, y)
-        self._splits = splits
-
-    def _split(self, name: str) -> tuple[Tensor, Tensor]:
-        if self._splits is None:
-            self.setup()
-        assert self._splits is not None
-        return self._splits[name]
-
-    def train_dataloader(self) -> TensorLoader:
-        """Shuffled training batches; the shuffle epoch follows the trainer's epoch when attached."""
-        loader = TensorLoader(*self._split("train"), batch_size=self.batch_size, shuffle=True, seed=self.seed)
-        if self.trainer is not None:
-            loader.set_epoch(self.trainer.current_epoch)
-        return loader
-
-    def val_dataloader(self) -> TensorLoader | list[TensorLoader]:
-        """Validation batches in a fixed order (no loader when ``val_size`` is 0)."""
-        if self.val_size == 0:
-            return []
-        return TensorLoader(*self._split("val"), batch_size=self.eval_batch_size)
-
-    def test_dataloader(self) -> TensorLoader | list[TensorLoader]:
-        """Test batches in a fixed order (no loader when ``test_size`` is 0)."""
-        if self.test_size == 0:
-            return []
-        return TensorLoader(*self._split("test"), batch_size=self.eval_batch_size)
+        return splits

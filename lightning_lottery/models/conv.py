@@ -8,6 +8,7 @@ from typing import Literal
 from torch import nn
 
 from lightning_lottery.models.classifier import ImageClassifier, OptimizerName
+from lightning_lottery.models.layers import fc_layers, init_glorot_net
 
 __all__ = ["ConvNet", "ConvVariant"]
 
@@ -95,14 +96,8 @@ class ConvNet(ImageClassifier):
                 features[f"pool{i // 2}"] = nn.MaxPool2d(2)
             channels = out_channels
 
-        classifier: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
         sizes = [channels * size * size, *_HIDDEN, num_classes]
-        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
-            if dropout > 0:
-                classifier[f"dropout{i}"] = nn.Dropout(dropout)
-            classifier[f"fc{i}"] = nn.Linear(fan_in, fan_out)
-            if i < len(sizes) - 1:
-                classifier[f"relu{i}"] = nn.ReLU()
+        classifier = fc_layers(sizes, dropout)
         self.net = nn.Sequential(OrderedDict(features=nn.Sequential(features), classifier=nn.Sequential(classifier)))
         self._output_name = f"net.classifier.fc{len(sizes) - 1}.weight"
         self.reset_parameters()
@@ -114,7 +109,4 @@ class ConvNet(ImageClassifier):
 
     def reset_parameters(self) -> None:
         """Gaussian Glorot weights and zero biases for every Conv and Linear layer."""
-        for module in self.net.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                nn.init.xavier_normal_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_glorot_net(self.net)

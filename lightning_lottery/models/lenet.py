@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 
 from torch import nn
 
 from lightning_lottery.models.classifier import ImageClassifier, OptimizerName
+from lightning_lottery.models.layers import fc_layers, init_glorot_net
 
 __all__ = ["LeNet300100"]
 
@@ -46,12 +46,7 @@ class LeNet300100(ImageClassifier):
         hidden_sizes = [int(h) for h in hidden_sizes]  # stored as a list: YAML-friendly hparams
         self.save_hyperparameters()
         sizes = [in_features, *hidden_sizes, num_classes]
-        layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
-        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
-            layers[f"fc{i}"] = nn.Linear(fan_in, fan_out)
-            if i < len(sizes) - 1:
-                layers[f"relu{i}"] = nn.ReLU()
-        self.net = nn.Sequential(layers)
+        self.net = nn.Sequential(fc_layers(sizes))
         self._output_name = f"net.fc{len(sizes) - 1}.weight"
         self.reset_parameters()
 
@@ -62,7 +57,4 @@ class LeNet300100(ImageClassifier):
 
     def reset_parameters(self) -> None:
         """Gaussian Glorot weights and zero biases for every Linear layer."""
-        for module in self.net.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_normal_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_glorot_net(self.net)

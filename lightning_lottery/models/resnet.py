@@ -8,20 +8,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_lottery.models.classifier import ImageClassifier, OptimizerName
+from lightning_lottery.models.layers import init_batchnorm_net
 
 __all__ = ["BasicBlock", "CifarResNet", "ResNet20", "init_batchnorm_net"]
-
-
-def init_batchnorm_net(net: nn.Module) -> None:
-    """Kaiming-normal (fan_in, ReLU gain) Conv and Linear weights, zero biases, BatchNorm weight 1 and bias 0."""
-    for module in net.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
 
 
 class BasicBlock(nn.Module):

@@ -8,7 +8,7 @@ from typing import Literal, Union
 from torch import nn
 
 from lightning_lottery.models.classifier import ImageClassifier, OptimizerName
-from lightning_lottery.models.resnet import init_batchnorm_net
+from lightning_lottery.models.layers import init_batchnorm_net
 
 __all__ = ["VGG"]
 
