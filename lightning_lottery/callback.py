@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback
 
 from lightning_lottery import pruning
 from lightning_lottery.criteria import get_criterion
-from lightning_lottery.masks import Mask, MaskError, check_fits, load_mask, ones_mask, prunable_parameters
+from lightning_lottery.masks import Mask, MaskError, check_fits, load_mask, ones_mask, prunable_parameters, remaining
 from lightning_lottery.rewind import RewindState, RewindStep, cpu_copy
 from lightning_lottery.ticket import Ticket, resolve_ticket
 
@@ -140,8 +140,6 @@ class LotteryTicket(Callback):
     @property
     def remaining(self) -> float:
         """Fraction of prunable weights alive under the current mask (1.0 before the first fit)."""
-        from lightning_lottery.masks import remaining
-
         return remaining(self.mask) if self.mask is not None else 1.0
 
     def prune(

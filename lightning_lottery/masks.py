@@ -125,7 +125,16 @@ def remaining(mask: Mapping[str, torch.Tensor]) -> float:
 
 def remaining_per_layer(mask: Mapping[str, torch.Tensor]) -> dict[str, float]:
     """Fraction of weights alive, per parameter name."""
-    return {n: (int(torch.count_nonzero(m)) / m.numel() if m.numel() else 1.0) for n, m in mask.items()}
+    return {n: stats["remaining"] for n, stats in layer_counts(mask).items()}
+
+
+def layer_counts(mask: Mapping[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+    """``{name: {"alive", "total", "remaining"}}`` per masked parameter (the per-layer columns of the results)."""
+    out: dict[str, dict[str, float]] = {}
+    for n, m in mask.items():
+        alive, total = int(torch.count_nonzero(m)), m.numel()
+        out[n] = {"alive": alive, "total": total, "remaining": alive / total if total else 1.0}
+    return out
 
 
 def checksum(mask: Mapping[str, torch.Tensor]) -> str:

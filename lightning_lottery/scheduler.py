@@ -30,7 +30,17 @@ from lightning_lottery import pruning
 from lightning_lottery.callback import LotteryTicket, capture_state
 from lightning_lottery.config import LotteryConfig
 from lightning_lottery.criteria import get_criterion
-from lightning_lottery.masks import Mask, count_alive, count_total, load_mask, ones_mask, prunable_parameters, remaining, save_mask
+from lightning_lottery.masks import (
+    Mask,
+    count_alive,
+    count_total,
+    layer_counts,
+    load_mask,
+    ones_mask,
+    prunable_parameters,
+    remaining,
+    save_mask,
+)
 from lightning_lottery.progress import ExperimentProgress, format_table
 from lightning_lottery.rewind import RewindState
 from lightning_lottery.store import ExperimentStore, Run, config_hash
@@ -276,8 +286,7 @@ class PruningScheduler:
             "steps": trainer.global_step,
             "rewind_step": lottery.rewind_point.step,
             "wall_s": round(time.perf_counter() - start, 3),
-            "layers": {n: {"alive": int(m.sum()), "total": m.numel(), "remaining": int(m.sum()) / m.numel()}
-                       for n, m in mask.items()},
+            "layers": layer_counts(mask),
             "val_history": val_history,
         }
         self._log_summary(loggers, row, ticket_path)
