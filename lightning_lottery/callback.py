@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import tempfile
+import uuid
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 
-from lightning_lottery import pruning
+from lightning_lottery import distributed, pruning
 from lightning_lottery.criteria import get_criterion
 from lightning_lottery.masks import Mask, MaskError, check_fits, load_mask, ones_mask, prunable_parameters, remaining
 from lightning_lottery.rewind import RewindState, RewindStep, cpu_copy
@@ -66,17 +70,34 @@ class LotteryTicket(Callback):
         self.include = list(include) if include is not None else None
         self.exclude = list(exclude)
         self.mask: Mask | None = _load_mask_arg(mask)
-        self.rewind_point = rewind_point
+        self._rewind_point = rewind_point
         self.level = 0
         if ticket is not None:
             t = ticket if isinstance(ticket, Ticket) else Ticket.load(resolve_ticket(ticket))
             self.mask = t.mask
-            self.rewind_point = RewindState(step=0, epoch=0, model=t.state)
-        self._pending_rewind = self.rewind_point is not None
+            self._rewind_point = RewindState(step=0, epoch=0, model=t.state)
+        self._pending_rewind = self._rewind_point is not None
         self._params: list[torch.Tensor] = []
         self._device_masks: list[torch.Tensor] = []
         self._dense = True
         self._stepped = False
+        # under ddp_spawn each fit runs in worker processes: rank 0 hands the state back through this file
+        self._handoff = Path(tempfile.gettempdir()) / f"lightning-lottery-handoff-{uuid.uuid4().hex}.pt"
+        self._owner_pid = os.getpid()
+
+    def __getstate__(self) -> dict[str, Any]:
+        self._take_handoff()  # pickled for the next spawned fit: carry what the last one learned
+        return self.__dict__.copy()
+
+    @property
+    def rewind_point(self) -> RewindState | None:
+        """The training state the next level starts from (``None`` until the rewind step is reached)."""
+        self._take_handoff()
+        return self._rewind_point
+
+    @rewind_point.setter
+    def rewind_point(self, value: RewindState | None) -> None:
+        self._rewind_point = value
 
     # ------------------------------------------------------------------------------------------- Lightning API
     @property
@@ -84,19 +105,14 @@ class LotteryTicket(Callback):
         return self._generate_state_key(rewind_to=str(self.rewind_step))
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "mask": self.mask,
-            "rewind_to": str(self.rewind_step),
-            "rewind_point": self.rewind_point.state_dict() if self.rewind_point is not None else None,
-            "level": self.level,
-            "pending_rewind": self._pending_rewind,
-        }
+        self._take_handoff()
+        return self._state()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.mask = state_dict["mask"]
         self.rewind_step = RewindStep.parse(state_dict["rewind_to"])
         rp = state_dict["rewind_point"]
-        self.rewind_point = RewindState.from_state_dict(rp) if rp is not None else None
+        self._rewind_point = RewindState.from_state_dict(rp) if rp is not None else None
         self.level = int(state_dict["level"])
         self._pending_rewind = bool(state_dict["pending_rewind"])
 
@@ -104,6 +120,9 @@ class LotteryTicket(Callback):
         self._attach(pl_module)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.world_size > 1:
+            assert self.mask is not None
+            distributed.check_same_mask(self.mask)
         if self._pending_rewind:
             self._rewind(trainer, pl_module)
 
@@ -130,16 +149,19 @@ class LotteryTicket(Callback):
             self._mask_weights()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.rewind_point is None and not trainer.interrupted:
+        if self._rewind_point is None and not trainer.interrupted:
             raise RuntimeError(
                 f"rewind point {self.rewind_step} was never reached: training stopped at step {trainer.global_step}, "
                 f"epoch {trainer.current_epoch}. Choose an earlier `rewind_to` or train longer."
             )
+        if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher) and trainer.is_global_zero:
+            torch.save(self._state(), self._handoff)  # the main process reads it back (_take_handoff)
 
     # ----------------------------------------------------------------------------------------------- public
     @property
     def remaining(self) -> float:
         """Fraction of prunable weights alive under the current mask (1.0 before the first fit)."""
+        self._take_handoff()
         return remaining(self.mask) if self.mask is not None else 1.0
 
     def prune(
@@ -156,7 +178,8 @@ class LotteryTicket(Callback):
 
         The new mask becomes this callback's mask and the next fit starts from the rewind point. Returns the mask.
         """
-        if self.rewind_point is None:
+        self._take_handoff()
+        if self._rewind_point is None:
             raise RuntimeError("no rewind point yet: fit the model with this callback before pruning")
         params = prunable_parameters(model, self.include, self.exclude)
         current = self.mask if self.mask is not None else ones_mask(params)
@@ -173,18 +196,35 @@ class LotteryTicket(Callback):
 
     def ticket(self, **metadata: Any) -> Ticket:
         """The current ticket: the mask and the rewind-point state it starts from (θk ⊙ m)."""
-        if self.rewind_point is None or self.mask is None:
+        self._take_handoff()
+        if self._rewind_point is None or self.mask is None:
             raise RuntimeError("no ticket yet: fit the model with this callback first")
-        return Ticket.from_state(self.rewind_point.model, self.mask, rewind_to=str(self.rewind_step), **metadata)
+        return Ticket.from_state(self._rewind_point.model, self.mask, rewind_to=str(self.rewind_step), **metadata)
 
     # ---------------------------------------------------------------------------------------------- private
+    def _state(self) -> dict[str, Any]:
+        return {
+            "mask": self.mask,
+            "rewind_to": str(self.rewind_step),
+            "rewind_point": self._rewind_point.state_dict() if self._rewind_point is not None else None,
+            "level": self.level,
+            "pending_rewind": self._pending_rewind,
+        }
+
+    def _take_handoff(self) -> None:
+        """Adopt the state a spawned fit's rank 0 left behind (ddp_spawn); nothing to do otherwise."""
+        path = self.__dict__.get("_handoff")
+        if path is not None and os.getpid() == self.__dict__.get("_owner_pid") and path.is_file():
+            self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            path.unlink()
+
     def _attach(self, pl_module: pl.LightningModule) -> None:
         params = prunable_parameters(pl_module, self.include, self.exclude)
         if self.mask is None:
             self.mask = {n: m.cpu() for n, m in ones_mask(params).items()}
         check_fits(self.mask, params)
-        if self.rewind_point is not None:
-            Ticket(self.mask, self.rewind_point.model).check_fits(pl_module, params)
+        if self._rewind_point is not None:
+            Ticket(self.mask, self._rewind_point.model).check_fits(pl_module, params)
         self._params = list(params.values())
         self._device_masks = [self.mask[n].to(p.device) for n, p in params.items()]
         self._dense = all(bool(m.all()) for m in self.mask.values())
@@ -202,14 +242,14 @@ class LotteryTicket(Callback):
             torch._foreach_mul_([t for t, _ in pairs], [m for _, m in pairs])
 
     def _maybe_capture(self, trainer: pl.Trainer, pl_module: pl.LightningModule, position: int) -> None:
-        if self.rewind_point is not None or position < self.rewind_step.amount:
+        if self._rewind_point is not None or position < self.rewind_step.amount:
             return
         if position > self.rewind_step.amount:
             raise RuntimeError(f"rewind point {self.rewind_step} was passed before it could be captured (at {position})")
-        self.rewind_point = capture_state(trainer, pl_module)
+        self._rewind_point = capture_state(trainer, pl_module)
 
     def _rewind(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        rp = self.rewind_point
+        rp = self._rewind_point
         assert rp is not None and self.mask is not None
         pl_module.load_state_dict(rp.model)  # copies into the live tensors; rp stays untouched
         if rp.optimizers:

@@ -25,6 +25,7 @@ import torch
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from jsonargparse.typing import PositiveInt
 
+from lightning_lottery import distributed
 from lightning_lottery.config import LotteryConfig
 from lightning_lottery.data.errors import DataNotFoundError
 from lightning_lottery.masks import MaskError
@@ -127,7 +128,8 @@ def run_find(parser: ArgumentParser, cfg: Namespace) -> int:
         scheduler.run()
     except USER_ERRORS as err:
         parser.exit(2, f"lightning-lottery: error: {err}\n")
-    print(f"results: {scheduler.store.root / 'results.csv'}", file=sys.stderr)
+    if distributed.is_main():
+        print(f"results: {scheduler.store.root / 'results.csv'}", file=sys.stderr)
     return 0
 
 

@@ -13,6 +13,7 @@ An experiment is a set of *runs*, one ``Trainer.fit`` each, identified by (repli
 from __future__ import annotations
 
 import copy
+import io
 import shutil
 import sys
 import time
@@ -25,8 +26,10 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.strategies import DDPStrategy, ParallelStrategy
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 
-from lightning_lottery import pruning
+from lightning_lottery import distributed, pruning
 from lightning_lottery.callback import LotteryTicket, capture_state
 from lightning_lottery.config import LotteryConfig
 from lightning_lottery.criteria import get_criterion
@@ -108,6 +111,13 @@ class PruningScheduler:
     same directory continues where it stopped.
 
     The model must log ``val_loss`` during validation and ``test_acc`` (and optionally ``test_loss``) in test.
+
+    Under a multi-process strategy (``trainer_kwargs`` with ``strategy="ddp"``, ``"ddp_spawn"``, ``torchrun`` or
+    SLURM) every process runs the level loop in step: the processes start (and join one process group) before the
+    first level and live until the last; ``ddp_spawn`` spawns its workers once for the whole experiment. Rank 0
+    computes each run's mask and starting state and broadcasts them, every rank checks that its mask has the same
+    checksum, and only rank 0 writes files, prints and talks to W&B. Resuming reads ``out_dir`` on every rank, so
+    on several nodes it must be a shared filesystem (as Lightning's ``ckpt_path`` requires).
     Replicates and the ``random_reinit`` control re-initialize the model under another seed with its
     ``reset_parameters()`` method when it has one (else each submodule's).
 
@@ -168,6 +178,17 @@ class PruningScheduler:
         self.main_branch = MAIN_BRANCH[self.config.rewind]
         self._theta0 = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
         self._tracker: WandbTracker | None = None
+        self._worker_ddp: dict[str, Any] | None = None  # in ddp_spawn workers: how to build each run's DDP
+
+    def __getstate__(self) -> dict[str, Any]:  # ddp_spawn pickles the scheduler for its workers
+        state = self.__dict__.copy()
+        state["stream"] = {sys.stderr: "stderr", sys.stdout: "stdout"}.get(self.stream)  # type: ignore[call-overload]
+        state["_tracker"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.stream = getattr(sys, state["stream"]) if state["stream"] else None
 
     # ------------------------------------------------------------------------------------------------ run
     def runs(self) -> list[Run]:
@@ -183,13 +204,48 @@ class PruningScheduler:
 
     def run(self) -> list[dict[str, Any]]:
         """Run (or finish) every run of the experiment; returns the results rows."""
+        probe = self._probe()
+        if probe is None:
+            return self._run()
+        launcher = probe.strategy.launcher
+        assert launcher is not None
+        if isinstance(launcher, _MultiProcessingLauncher):  # ddp_spawn: the workers live for the whole experiment
+            rows, weights = launcher.launch(_spawned_worker, self, self.model)
+            # as Lightning does after a spawned fit: rank 0's final weights (bytes: the worker has exited)
+            self.model.load_state_dict(torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True))
+            return rows
+        # ddp: the launcher starts the other processes (which run this same program up to here), or finds them
+        # started by torchrun / SLURM; then every process runs the experiment
+        return launcher.launch(self._run_in_group, probe)
+
+    def _probe(self) -> pl.Trainer | None:
+        """A Trainer with the run's parallel settings when they use several processes, else ``None``."""
+        keys = ("accelerator", "strategy", "devices", "num_nodes", "plugins")
+        kwargs = {k: self.trainer_kwargs[k] for k in keys if k in self.trainer_kwargs}
+        if "strategy" not in kwargs and "devices" not in kwargs and "num_nodes" not in kwargs:
+            return None
+        probe = pl.Trainer(**kwargs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                           enable_model_summary=False)
+        if not isinstance(probe.strategy, ParallelStrategy) or probe.world_size == 1:
+            return None
+        return probe
+
+    def _run_in_group(self, probe: pl.Trainer) -> list[dict[str, Any]]:
+        """In every process: join the process group (as the first fit would), then run the experiment."""
+        probe.strategy.setup_environment()
+        if not distributed.is_main():
+            self.stream = None
+        return self._run()
+
+    def _run(self) -> list[dict[str, Any]]:
         cfg = self.config
+        main = distributed.is_main()
         # missing data fails here, before the directory is bound to this configuration
-        self.datamodule.prepare_data()
-        self.datamodule.setup("fit")
-        self.experiment_id = self.store.bind(self.experiment_config, cfg.name)
-        self._write_costs()
-        if self.wandb is not None:
+        distributed.on_main(self.datamodule.prepare_data)
+        distributed.everywhere(lambda: self.datamodule.setup("fit"))
+        self.experiment_id = distributed.on_main(lambda: self.store.bind(self.experiment_config, cfg.name))
+        distributed.on_main(self._write_costs)
+        if self.wandb is not None and main:
             self._tracker = WandbTracker(self.wandb, self.experiment_id, config_hash(self.experiment_config),
                                          self.experiment_config, self.store.root)
             mode = self.wandb.resolved_mode()
@@ -199,14 +255,20 @@ class PruningScheduler:
         runs = self.runs()
         progress = ExperimentProgress(len(runs), cfg.levels, self.stream)
         trained_any = False
-        for run in runs:
-            if self.store.is_done(run):
-                progress.skipped(run, self.store.read_metrics(run))
+        done = distributed.broadcast([self.store.is_done(run) for run in runs])  # all ranks: rank 0's view
+        for run, is_done in zip(runs, done):
+            if is_done:
+                if main:
+                    progress.skipped(run, self.store.read_metrics(run))
                 continue
             progress.start(run)
             row = self._run_one(run, progress)
             trained_any = True
             progress.done(run, row)
+        return distributed.on_main(lambda: self._finish(trained_any))
+
+    def _finish(self, trained_any: bool) -> list[dict[str, Any]]:
+        """Results table, aggregate, report and the W&B summary (rank 0)."""
         rows = self.store.results()
         fresh = not trained_any and (self.store.root / "aggregate.csv").is_file()
         if not fresh:  # derived files are rebuilt only when something new was trained
@@ -227,7 +289,8 @@ class PruningScheduler:
         run_dir.mkdir(parents=True, exist_ok=True)
         if run.level == 0:
             self._load_theta0(run.replicate, seed)
-        mask, start_state = self._start(run, seed)
+        # rank 0 reads (or computes) the run's mask and starting state; every rank trains from the same ones
+        mask, start_state = distributed.on_main(lambda: self._start(run, seed))
         lottery = LotteryTicket(mask, rewind_to=cfg.rewind_to, include=cfg.include, exclude=cfg.exclude,
                                 rewind_point=start_state)
         lottery.level = run.level
@@ -245,30 +308,34 @@ class PruningScheduler:
 
         pl.seed_everything(seed, workers=True, verbose=False)
         resume = ckpt_dir / "last.ckpt"
-        trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=str(resume) if resume.is_file() else None,
-                    weights_only=True)
+        ckpt_path = distributed.broadcast(str(resume) if resume.is_file() else None)
+        trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, weights_only=True)
         if trainer.interrupted:
             raise KeyboardInterrupt(f"{run} was interrupted; rerun the same command to resume it")
         assert lottery.rewind_point is not None
-        is_main = run.branch == self.main_branch
-        if is_main and run.level == 0:
+        main = distributed.is_main()
+        is_main_line = run.branch == self.main_branch
+        if main and is_main_line and run.level == 0:
             lottery.rewind_point.save(self.store.rewind_file(run.replicate))
-        if is_main and self._needs_final_state(run.level):
+        if main and is_main_line and self._needs_final_state(run.level):
             capture_state(trainer, self.model).save(self.store.final_state_file(run))
         test = self._test(trainer, None)
-        if is_main and run.level < cfg.levels:  # the next level's mask, from the final weights
-            save_mask(self._next_mask(mask, seed, run.level), self.store.mask_file(run.next_level()),
-                      {"level": str(run.level + 1)})
+        if is_main_line and run.level < cfg.levels:  # the next level's mask, from the final weights
+            next_mask = self._next_mask(mask, seed, run.level)
+            distributed.check_same_mask(next_mask, f"level {run.level + 1} mask (pruned from {run})")
+            if main:
+                save_mask(next_mask, self.store.mask_file(run.next_level()), {"level": str(run.level + 1)})
         best_entry, val_history = history.best(), list(history.history)
         # testing from the early-stop checkpoint restores callback states too: read them before
-        if best_entry is not None and best_entry["step"] == trainer.global_step:
+        if distributed.broadcast(best_entry is not None and best_entry["step"] == trainer.global_step):
             early = test  # the early-stopping iteration is the last one: the same weights
         else:
             early = self._test(trainer, best.best_model_path) if best.best_model_path else {}
         ticket_path = self.store.ticket_file(run)
-        Ticket.from_state(lottery.rewind_point.model if start_state is None else start_state.model, mask,
-                          level=run.level, branch=run.branch, replicate=run.replicate, remaining=remaining(mask),
-                          experiment=self.experiment_id, rewind_step=lottery.rewind_point.step).save(ticket_path)
+        if main:
+            Ticket.from_state(lottery.rewind_point.model if start_state is None else start_state.model, mask,
+                              level=run.level, branch=run.branch, replicate=run.replicate, remaining=remaining(mask),
+                              experiment=self.experiment_id, rewind_step=lottery.rewind_point.step).save(ticket_path)
         row = {
             "branch": run.branch,
             "replicate": run.replicate,
@@ -290,9 +357,11 @@ class PruningScheduler:
             "val_history": val_history,
         }
         self._log_summary(loggers, row, ticket_path)
-        self.store.finish(run, row)
-        if not cfg.keep_checkpoints:
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
+        if main:
+            self.store.finish(run, row)
+            if not cfg.keep_checkpoints:
+                shutil.rmtree(ckpt_dir, ignore_errors=True)
+        distributed.barrier()  # the run is durable before any rank starts the next one
         return row
 
     def _start(self, run: Run, seed: int) -> tuple[Mask, RewindState | None]:
@@ -409,8 +478,11 @@ class PruningScheduler:
             if kwargs.get("num_sanity_val_steps") is None:
                 kwargs["num_sanity_val_steps"] = 0
         if run.level > 0:  # train to the same final step as level 0, starting from the rewind point
-            kwargs["max_steps"] = int(self.store.read_metrics(Run(run.replicate, self.main_branch, 0))["steps"])
+            level0 = Run(run.replicate, self.main_branch, 0)
+            kwargs["max_steps"] = distributed.on_main(lambda: int(self.store.read_metrics(level0)["steps"]))
             kwargs["max_epochs"] = -1
+        if self._worker_ddp is not None:  # inside ddp_spawn's workers: the processes exist, join them
+            kwargs["strategy"] = DDPStrategy(start_method="popen", **self._worker_ddp)
         return pl.Trainer(**kwargs)
 
     def _test(self, trainer: pl.Trainer, ckpt_path: str | None) -> dict[str, float]:
@@ -478,3 +550,18 @@ class PruningScheduler:
     def _say(self, text: str) -> None:
         if self.stream is not None:
             print(text, file=self.stream, flush=True)
+
+
+def _spawned_worker(scheduler: PruningScheduler, model: pl.LightningModule) -> tuple[list[dict[str, Any]], bytes]:
+    """One ddp_spawn worker: join the process group, run the whole experiment, hand rank 0's results back."""
+    probe = scheduler._probe()
+    assert probe is not None and isinstance(probe.strategy, DDPStrategy)
+    strategy = probe.strategy
+    # every run's Trainer joins these processes instead of spawning new ones
+    scheduler._worker_ddp = {"process_group_backend": strategy._process_group_backend, "timeout": strategy._timeout,
+                             **strategy._ddp_kwargs}
+    rows = scheduler._run_in_group(probe)
+    weights = io.BytesIO()
+    if distributed.is_main():
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
+    return rows, weights.getvalue()

@@ -115,8 +115,9 @@ class TinyData(pl.LightningDataModule):
 def make_trainer(callbacks, max_steps: int = 10, **kwargs) -> pl.Trainer:
     kwargs.setdefault("logger", False)
     kwargs.setdefault("enable_checkpointing", False)
+    kwargs.setdefault("accelerator", "cpu")
     return pl.Trainer(
-        accelerator="cpu", devices=1, max_steps=max_steps, callbacks=callbacks, enable_progress_bar=False,
+        devices=1, max_steps=max_steps, callbacks=callbacks, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, **kwargs,
     )
 

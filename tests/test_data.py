@@ -340,3 +340,20 @@ def test_tensor_loader_bare_iter_does_not_consume_an_epoch() -> None:
     first = _labels(loader)
     assert loader.epoch == 1
     assert _labels(TensorLoader(torch.arange(9), batch_size=4, shuffle=True)) == first
+
+
+def test_tensor_loader_shards_for_data_parallel_processes() -> None:
+    from lightning_lottery.data import TensorLoader
+
+    x, y = torch.arange(23.0).unsqueeze(1), torch.arange(23)
+    # training: every process draws the same permutation and gets an equal, disjoint shard
+    train = [TensorLoader(x, y, batch_size=4, shuffle=True, seed=5, num_replicas=3, rank=r, even_shards=True)
+             for r in range(3)]
+    seen = [torch.cat([b[1] for b in loader]) for loader in train]
+    assert [len(s) for s in seen] == [7, 7, 7] and {len(loader) for loader in train} == {2}
+    assert len(set(torch.cat(seen).tolist())) == 21
+    # evaluation: every sample exactly once across the processes
+    evaluation = [torch.cat([b[1] for b in TensorLoader(x, y, batch_size=4, num_replicas=3, rank=r)]) for r in range(3)]
+    assert sorted(torch.cat(evaluation).tolist()) == list(range(23))
+    with pytest.raises(ValueError, match="rank must be in"):
+        TensorLoader(x, y, batch_size=4, num_replicas=2, rank=2)

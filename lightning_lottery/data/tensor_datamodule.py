@@ -25,7 +25,8 @@ class TensorDataModule(LightningDataModule):
     shuffle epoch following the trainer's epoch when one is attached; validation and test batches
     (``eval_batch_size``) come in a fixed order. ``val_dataloader`` returns no loader (``[]``) when ``val_size``
     is 0, ``test_dataloader`` likewise when ``test_size`` is 0; ``test_size=None`` (the data fixes the test
-    split) always gets a test loader.
+    split) always gets a test loader. Under DDP each process gets its shard of every split (``batch_size`` is per
+    process, as with Lightning's ``DistributedSampler``); training shards are equal in size.
 
     Example:
         >>> import torch
@@ -86,9 +87,16 @@ class TensorDataModule(LightningDataModule):
         assert self._splits is not None
         return self._splits[name]
 
+    def _shard(self) -> dict[str, int]:
+        """This process's place among the data-parallel processes of the attached trainer."""
+        if self.trainer is None or self.trainer.world_size == 1:
+            return {}
+        return {"num_replicas": self.trainer.world_size, "rank": self.trainer.global_rank}
+
     def train_dataloader(self) -> TensorLoader:
         """Shuffled training batches; the shuffle epoch follows the trainer's epoch when attached."""
-        loader = TensorLoader(*self._split("train"), batch_size=self.batch_size, shuffle=True, seed=self.seed)
+        loader = TensorLoader(*self._split("train"), batch_size=self.batch_size, shuffle=True, seed=self.seed,
+                              even_shards=True, **self._shard())
         if self.trainer is not None:
             loader.set_epoch(self.trainer.current_epoch)
         return loader
@@ -97,10 +105,10 @@ class TensorDataModule(LightningDataModule):
         """Validation batches in a fixed order (no loader when ``val_size`` is 0)."""
         if self.val_size == 0:
             return []
-        return TensorLoader(*self._split("val"), batch_size=self.eval_batch_size)
+        return TensorLoader(*self._split("val"), batch_size=self.eval_batch_size, **self._shard())
 
     def test_dataloader(self) -> TensorLoader | list[TensorLoader]:
         """Test batches in a fixed order (no loader when ``test_size`` is 0)."""
         if self.test_size == 0:
             return []
-        return TensorLoader(*self._split("test"), batch_size=self.eval_batch_size)
+        return TensorLoader(*self._split("test"), batch_size=self.eval_batch_size, **self._shard())

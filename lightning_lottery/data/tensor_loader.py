@@ -26,7 +26,11 @@ class TensorLoader:
     is drawn), so a loader built again with the same seed replays the same sequence of epochs.
     ``set_epoch`` sets the counter.
 
-    Lightning accepts it as a train/val/test dataloader (an iterable with ``__len__``).
+    Lightning accepts it as a train/val/test dataloader (an iterable with ``__len__``). Under data parallelism
+    (``num_replicas`` processes), every process draws the same permutation and takes every ``num_replicas``-th
+    sample from position ``rank`` (as ``DistributedSampler`` does); with ``even_shards`` the few samples that would
+    make shards unequal are left out of the pass, so every process runs the same number of batches (needed for
+    training under DDP), otherwise every sample is used exactly once (exact evaluation).
 
     Example:
         >>> x, y = torch.arange(10.0).unsqueeze(1), torch.arange(10)
@@ -35,6 +39,8 @@ class TensorLoader:
         (3, [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]])
         >>> len(TensorLoader(x, y, batch_size=4, drop_last=True))
         2
+        >>> [b[1].tolist() for b in TensorLoader(x, y, batch_size=4, num_replicas=3, rank=1)]
+        [[1, 4, 7]]
     """
 
     def __init__(
@@ -44,6 +50,9 @@ class TensorLoader:
         shuffle: bool = False,
         drop_last: bool = False,
         seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        even_shards: bool = False,
     ) -> None:
         if not tensors:
             raise ValueError("TensorLoader needs at least one tensor")
@@ -58,6 +67,9 @@ class TensorLoader:
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
         self.seed = int(seed)
+        if not 0 <= int(rank) < int(num_replicas):
+            raise ValueError(f"TensorLoader: rank must be in [0, {num_replicas}), got {rank}")
+        self.num_replicas, self.rank, self.even_shards = int(num_replicas), int(rank), bool(even_shards)
         self.epoch = 0
 
     @property
@@ -65,9 +77,17 @@ class TensorLoader:
         """Number of samples (rows) in the tensors."""
         return int(self.tensors[0].shape[0])
 
+    @property
+    def shard_size(self) -> int:
+        """Number of samples this process sees per pass."""
+        n, r = self.num_samples, self.num_replicas
+        if self.even_shards:
+            return n // r
+        return len(range(self.rank, n, r))
+
     def __len__(self) -> int:
         """Number of batches per pass."""
-        n, b = self.num_samples, self.batch_size
+        n, b = self.shard_size, self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
     def set_epoch(self, epoch: int) -> None:
@@ -77,9 +97,13 @@ class TensorLoader:
     def _order(self) -> Tensor:
         n = self.num_samples
         if not self.shuffle:
-            return torch.arange(n)
-        generator = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
-        return torch.randperm(n, generator=generator)
+            order = torch.arange(n)
+        else:
+            generator = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
+            order = torch.randperm(n, generator=generator)
+        if self.num_replicas > 1:
+            order = order[self.rank :: self.num_replicas][: self.shard_size]
+        return order
 
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
         # A generator: the epoch is drawn and advanced on the first ``next()``, so a bare ``iter()``
@@ -95,5 +119,7 @@ class TensorLoader:
         shapes = ", ".join(str(tuple(t.shape)) for t in self.tensors)
         return (
             f"TensorLoader({shapes}, batch_size={self.batch_size}, shuffle={self.shuffle}, "
-            f"drop_last={self.drop_last}, seed={self.seed}, epoch={self.epoch})"
+            f"drop_last={self.drop_last}, seed={self.seed}, epoch={self.epoch}"
+            + (f", rank={self.rank}/{self.num_replicas}" if self.num_replicas > 1 else "")
+            + ")"
         )

@@ -95,7 +95,7 @@ class ImageClassifier(LightningModule):
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         accuracy.update(logits, y)
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
         self.log(f"{stage}_acc", accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
 
