@@ -13,9 +13,10 @@ An experiment is a set of *runs*, one ``Trainer.fit`` each, identified by (repli
 from __future__ import annotations
 
 import copy
-import io
+import os
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -210,10 +211,12 @@ class PruningScheduler:
         launcher = probe.strategy.launcher
         assert launcher is not None
         if isinstance(launcher, _MultiProcessingLauncher):  # ddp_spawn: the workers live for the whole experiment
-            rows, weights = launcher.launch(_spawned_worker, self, self.model)
-            # as Lightning does after a spawned fit: rank 0's final weights (bytes: the worker has exited)
-            self.model.load_state_dict(torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True))
-            return rows
+            # only a path comes back: Lightning joins the workers before it reads their (pipe-sized) result
+            weights = Path(launcher.launch(_spawned_worker, self, self.model))
+            # as Lightning does after a spawned fit: the model gets rank 0's final weights
+            self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            weights.unlink()
+            return self.store.results()
         # ddp: the launcher starts the other processes (which run this same program up to here), or finds them
         # started by torchrun / SLURM; then every process runs the experiment
         return launcher.launch(self._run_in_group, probe)
@@ -552,16 +555,19 @@ class PruningScheduler:
             print(text, file=self.stream, flush=True)
 
 
-def _spawned_worker(scheduler: PruningScheduler, model: pl.LightningModule) -> tuple[list[dict[str, Any]], bytes]:
-    """One ddp_spawn worker: join the process group, run the whole experiment, hand rank 0's results back."""
+def _spawned_worker(scheduler: PruningScheduler, model: pl.LightningModule) -> str | None:
+    """One ddp_spawn worker: join the process group, run the whole experiment; rank 0 saves the final weights to a
+    temporary file and returns its path (the results are in the experiment directory)."""
     probe = scheduler._probe()
     assert probe is not None and isinstance(probe.strategy, DDPStrategy)
     strategy = probe.strategy
     # every run's Trainer joins these processes instead of spawning new ones
     scheduler._worker_ddp = {"process_group_backend": strategy._process_group_backend, "timeout": strategy._timeout,
                              **strategy._ddp_kwargs}
-    rows = scheduler._run_in_group(probe)
-    weights = io.BytesIO()
-    if distributed.is_main():
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
-    return rows, weights.getvalue()
+    scheduler._run_in_group(probe)
+    if not distributed.is_main():
+        return None
+    fd, path = tempfile.mkstemp(prefix="lightning-lottery-weights-", suffix=".pt")
+    with os.fdopen(fd, "wb") as f:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, f)
+    return path

@@ -79,17 +79,18 @@ def trainer_kwargs(strategy: str, out: str) -> dict:
 
 def scheduler(strategy: str, out: str) -> None:
     torch.manual_seed(0)
-    model = LeNet300100(in_features=64, hidden_sizes=[32, 16])
+    model = LeNet300100(in_features=64, hidden_sizes=[300, 100])
     data = DigitsDataModule(batch_size=30)
     rows = PruningScheduler(model, data, levels=2, rate=0.5, out_dir=out, val_every_n_steps=4, name="ddp",
                             trainer_kwargs=trainer_kwargs(strategy, out), logger=False,
                             wandb=WandbSettings(project="ddp-test", mode="offline")).run()
+    print("FINAL", state_checksum(model.state_dict()))  # ddp_spawn: rank 0's weights, back in the main process
     print("ROWS", json.dumps([{k: r[k] for k in ("level", "remaining", "test_acc", "steps")} for r in rows]))
 
 
 def callback(strategy: str, out: str) -> None:
     torch.manual_seed(0)
-    model = LeNet300100(in_features=64, hidden_sizes=[32, 16])
+    model = LeNet300100(in_features=64, hidden_sizes=[300, 100])
     data = DigitsDataModule(batch_size=30)
     lottery = LotteryTicket(rewind_to="0it")
     kwargs = trainer_kwargs(strategy, out)
@@ -116,7 +117,7 @@ class RankMask(Callback):
 
 def mismatch(strategy: str, out: str) -> None:
     torch.manual_seed(0)
-    model = LeNet300100(in_features=64, hidden_sizes=[32, 16])
+    model = LeNet300100(in_features=64, hidden_sizes=[300, 100])
     lottery = LotteryTicket({n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters()
                              if n.endswith("weight")})
     kwargs = trainer_kwargs(strategy, out)

@@ -77,6 +77,8 @@ def test_two_levels_identical_on_both_ranks_one_set_of_files(experiments, strate
     runs = sorted((out / "wandb").glob("offline-run-*"))
     assert sorted(read_offline_run(r).job_type for r in runs) == ["summary", "ticket", "ticket", "ticket"]
     assert proc.stderr.count("level  % remaining") == 1
+    finals = {line.split()[1] for line in proc.stdout.splitlines() if line.startswith("FINAL ")}
+    assert finals == {ends(ranks[0])[-1]["weights"]}  # the caller's model holds the last run's weights
     assert proc.stderr.count("ticket level 2/2 · 25.0% remaining") == 1
 
 
