@@ -4,6 +4,8 @@
     python tests/ddp_experiment.py callback STRATEGY OUT_DIR      # LotteryTicket alone: fit, prune, fit
     python tests/ddp_experiment.py mismatch STRATEGY OUT_DIR      # a different mask on each rank: must fail
 
+``DDP_TEST_ACCELERATOR=gpu`` runs on 2 GPUs (NCCL) instead.
+
 Every process writes what it saw (mask and rewind-point checksums, metrics) to ``OUT_DIR/ranks/``; the test
 compares the ranks. The model is initialized differently on every rank on purpose: θ0 must be rank 0's
 weights after DDP's first broadcast.
@@ -73,7 +75,7 @@ class Recorder(Callback):
 
 
 def trainer_kwargs(strategy: str, out: str) -> dict:
-    return dict(accelerator="cpu", devices=2, strategy=strategy, max_steps=12, enable_progress_bar=False,
+    return dict(accelerator=os.environ.get("DDP_TEST_ACCELERATOR", "cpu"), devices=2, strategy=strategy, max_steps=12, enable_progress_bar=False,
                 enable_model_summary=False, callbacks=[Recorder(out)])
 
 

@@ -23,8 +23,10 @@ SCRIPT = Path(__file__).with_name("ddp_experiment.py")
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
 
 
-def run_script(mode: str, strategy: str, out: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(Path(__file__).parent.parent)}
+def run_script(mode: str, strategy: str, out: Path, check: bool = True, accelerator: str = "cpu"
+               ) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(Path(__file__).parent.parent),
+           "DDP_TEST_ACCELERATOR": accelerator}
     for key in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     proc = subprocess.run([sys.executable, str(SCRIPT), mode, strategy, str(out)], env=env, capture_output=True,
@@ -124,3 +126,11 @@ def test_different_masks_on_ranks_stop_with_a_clear_error(tmp_path):
     proc = run_script("mismatch", "ddp", tmp_path, check=False)
     assert proc.returncode != 0
     assert "RankMismatchError: the mask differs across ranks (rank 0: " in proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_cuda_ddp_two_levels(tmp_path):
+    run_script("scheduler", "ddp", tmp_path, accelerator="gpu")
+    ranks = records(tmp_path)
+    assert [r["level"] for r in ends(ranks[0])] == [0, 1, 2]
+    assert ends(ranks[0]) == ends(ranks[1])
