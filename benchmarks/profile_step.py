@@ -8,6 +8,11 @@ prunable weight) once without and once with ``LotteryTicket``, profiles the same
 ``torch.profiler`` on the CPU, and prints, per training step, the self CPU time of every operator whose time differs
 by more than 1% of the dense step between the two, largest differences first. This is the profile behind the
 "where a target is missed" notes of docs/performance.md; benchmarks/run.py gives the timings themselves.
+
+``--diagnostic-nonzero-moments`` (a diagnostic that breaks the invariant "optimizer state of pruned entries is
+zero", never a mode of the library): after the first step, set Adam's second moment of the pruned entries to 1e-20
+instead of 0.0 (pruned weights stay exactly 0.0 because their first moment is 0.0), to show how much of the masked
+step's extra time is the optimizer working on exact zeros.
 """
 
 from __future__ import annotations
@@ -32,6 +37,26 @@ OPTIMIZERS = {
     "adam-fused": lambda ps, lr: torch.optim.Adam(ps, lr=lr, fused=True),
     "sgd": lambda ps, lr: torch.optim.SGD(ps, lr=lr, momentum=0.9),
 }
+
+
+def nonzero_moments_callback(mask: dict[str, torch.Tensor]) -> Any:
+    """Diagnostic only: once, after the first step, pruned entries of ``exp_avg_sq`` become 1e-20."""
+    from lightning.pytorch.callbacks import Callback
+
+    class NonzeroMoments(Callback):
+        done = False
+
+        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+            if self.done or trainer.global_step == 0:
+                return
+            params = dict(pl_module.named_parameters())
+            for name, m in mask.items():
+                state = trainer.optimizers[0].state[params[name]]
+                if "exp_avg_sq" in state:
+                    state["exp_avg_sq"][~m.to(state["exp_avg_sq"].device)] = 1e-20
+            self.done = True
+
+    return NonzeroMoments()
 
 
 def profile_fit(model: Any, callbacks: list[Any], x: torch.Tensor, y: torch.Tensor, warmup: int,
@@ -64,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--optimizer", default="adam", choices=sorted(OPTIMIZERS))
     p.add_argument("--steps", type=int, default=200, help="profiled steps (after 30 warm-up steps)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--diagnostic-nonzero-moments", action="store_true",
+                   help="pruned Adam second moments at 1e-20 instead of 0 (breaks an invariant; diagnostic only)")
     args = p.parse_args(argv)
     bench.quiet_lightning()
     torch.set_num_threads(args.threads)
@@ -79,9 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     x, y = bench.random_data(spec.input_shape, 50 * 60)
     warmup = 30
     dense = profile_fit(copy.deepcopy(base), [], x, y, warmup, args.steps)
-    masked = profile_fit(copy.deepcopy(base), [LotteryTicket(mask, rewind_to="0it")], x, y, warmup, args.steps)
+    extra = [nonzero_moments_callback(mask)] if args.diagnostic_nonzero_moments else []
+    masked = profile_fit(copy.deepcopy(base), [LotteryTicket(mask, rewind_to="0it"), *extra], x, y, warmup,
+                         args.steps)
     total_d, total_m = sum(dense.values()), sum(masked.values())
-    print(f"{args.model}, {args.optimizer}, {args.threads} thread(s), {args.steps} profiled steps; self CPU time "
+    diag = ", DIAGNOSTIC: pruned second moments 1e-20" if args.diagnostic_nonzero_moments else ""
+    print(f"{args.model}, {args.optimizer}{diag}, {args.threads} thread(s), {args.steps} profiled steps; self CPU time "
           f"per step (profiler overhead included): dense {total_d / 1e3:.3f} ms, LotteryTicket {total_m / 1e3:.3f} ms "
           f"(+{(total_m - total_d) / 1e3:.3f} ms, x{total_m / total_d:.3f})")
     print()
