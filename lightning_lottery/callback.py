@@ -77,9 +77,9 @@ class LotteryTicket(Callback):
         self._device_masks: list[torch.Tensor] = []
         self._masked_params: list[torch.Tensor] = []  # the prunable parameters with pruned entries...
         self._masked_masks: list[torch.Tensor] = []  # ...and their device masks (the same tensors, no copies)
+        self._mask_after_step: bool | None = None  # decided at the first optimizer step of a fit
         self._dense = True
         self._stepped = False
-        self._mask_after_step: bool | None = None  # decided at the first optimizer step of a fit
 
     # ------------------------------------------------------------------------------------------- Lightning API
     @property
