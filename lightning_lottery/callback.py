@@ -79,6 +79,9 @@ class LotteryTicket(Callback):
         self._pending_rewind = self._rewind_point is not None
         self._params: list[torch.Tensor] = []
         self._device_masks: list[torch.Tensor] = []
+        self._masked_params: list[torch.Tensor] = []  # the prunable parameters with pruned entries...
+        self._masked_masks: list[torch.Tensor] = []  # ...and their device masks (the same tensors, no copies)
+        self._mask_after_step: bool | None = None  # decided at the first optimizer step of a fit
         self._dense = True
         self._stepped = False
         # under ddp_spawn each fit runs in worker processes: rank 0 hands the state back through this file
@@ -137,16 +140,20 @@ class LotteryTicket(Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
+        if self._dense:
+            return
+        if self._mask_after_step is None:  # first step of this fit: the optimizer state is loaded by now
+            self._mask_after_step = self._needs_weight_mask(trainer.optimizers)
         self._stepped = True
-        if not self._dense:
-            self._multiply_masks([p.grad for p in self._params])
+        self._multiply_masks([p.grad for p in self._masked_params])
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if self._stepped:
             self._stepped = False
-            self._mask_weights()
+            if self._mask_after_step:
+                self._mask_weights()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._rewind_point is None and not trainer.interrupted:
@@ -226,20 +233,43 @@ class LotteryTicket(Callback):
         if self._rewind_point is not None:
             Ticket(self.mask, self._rewind_point.model).check_fits(pl_module, params)
         self._params = list(params.values())
-        self._device_masks = [self.mask[n].to(p.device) for n, p in params.items()]
-        self._dense = all(bool(m.all()) for m in self.mask.values())
+        self._device_masks = [self.mask[n].to(p.device, torch.bool) for n, p in params.items()]
+        has_pruned = [not bool(self.mask[n].all()) for n in params]
+        self._masked_params = [p for p, h in zip(self._params, has_pruned) if h]
+        self._masked_masks = [m for m, h in zip(self._device_masks, has_pruned) if h]
+        self._dense = not self._masked_params
+        self._mask_after_step = None
+        self._stepped = False
         self._mask_weights()
 
     def _mask_weights(self) -> None:
         if not self._dense:
-            self._multiply_masks(self._params)
+            self._multiply_masks(self._masked_params)
 
-    @torch.no_grad()
+    def _needs_weight_mask(self, optimizers: Sequence[torch.optim.Optimizer]) -> bool:
+        """Whether the weights must be masked again after every step (not needed for the optimizers we know).
+
+        The optimizers in ``ZERO_PRESERVING_OPTIMIZERS`` leave a weight at exactly ``0.0`` when its gradient and
+        its state entries are ``0.0`` (weight decay, momentum and moments of zeros are zeros). The gradients are
+        masked before every step; here the pruned entries of their state are zeroed once (a no-op after a
+        rewind or for a fresh optimizer; it matters when a fit resumes a checkpoint of dense training), so the
+        post-step multiply is skipped. Any other optimizer (a subclass too: it may override ``step``) keeps it.
+        """
+        if not optimizers or any(type(opt) not in ZERO_PRESERVING_OPTIMIZERS for opt in optimizers):
+            return True
+        masks = dict(zip(map(id, self._masked_params), self._masked_masks))
+        for opt in optimizers:
+            for p, state in opt.state.items():
+                m = masks.get(id(p))
+                if m is None:
+                    continue
+                values = [v for v in state.values() if isinstance(v, torch.Tensor) and v.shape == p.shape]
+                _zero_pruned(values, [m.to(v.device) for v in values])
+        return False
+
     def _multiply_masks(self, tensors: Sequence[torch.Tensor | None]) -> None:
-        """Zero the pruned entries of tensors shaped like the prunable parameters, in place (one foreach call)."""
-        pairs = [(t, m) for t, m in zip(tensors, self._device_masks) if t is not None]
-        if pairs:
-            torch._foreach_mul_([t for t, _ in pairs], [m for _, m in pairs])
+        """Zero the pruned entries of tensors shaped like ``self._masked_params``, in place (``None`` skipped)."""
+        _zero_pruned(tensors, self._masked_masks)
 
     def _maybe_capture(self, trainer: pl.Trainer, pl_module: pl.LightningModule, position: int) -> None:
         if self._rewind_point is not None or position < self.rewind_step.amount:
@@ -270,6 +300,43 @@ class LotteryTicket(Callback):
                         value.mul_(m.to(value.device))
         _set_loop_position(trainer, rp.step, rp.epoch)
         self._pending_rewind = False
+
+
+#: Optimizers whose step leaves an entry at exactly 0.0 when the weight, its gradient and its state entries are
+#: 0.0 (with any of their options: momentum, Nesterov, dampening, weight decay, decoupled weight decay, amsgrad,
+#: maximize, centered, foreach/fused). Exact types: a subclass may change ``step``.
+#: tests/test_performance_invariants.py proves it for each.
+ZERO_PRESERVING_OPTIMIZERS: frozenset[type] = frozenset({
+    torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.NAdam, torch.optim.RAdam, torch.optim.Adamax,
+    torch.optim.Adagrad, torch.optim.RMSprop,
+})
+
+# Same-size integer views of floating dtypes: multiplying the bit pattern by a bool mask (promoted to the integer
+# dtype: 0 or 1) keeps or clears every bit, which is exactly the masked float (+0.0 where pruned, even for NaN or
+# -0.0). Several times faster on CPU than a float multiply by a bool mask, which promotes the mask element by element.
+_INT_VIEWS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+@torch.no_grad()
+def _zero_pruned(tensors: Sequence[torch.Tensor | None], masks: Sequence[torch.Tensor]) -> None:
+    """Set the entries of each tensor where its bool mask is False to 0, in place, with foreach multiplies."""
+    ints: list[torch.Tensor] = []
+    int_masks: list[torch.Tensor] = []
+    others: list[torch.Tensor] = []
+    other_masks: list[torch.Tensor] = []
+    for t, m in zip(tensors, masks):
+        if t is None:
+            continue
+        if t.is_floating_point() and t.layout == torch.strided and t.element_size() in _INT_VIEWS:
+            ints.append(t.view(_INT_VIEWS[t.element_size()]))
+            int_masks.append(m)
+        else:
+            others.append(t)
+            other_masks.append(m)
+    if ints:
+        torch._foreach_mul_(ints, int_masks)
+    if others:
+        torch._foreach_mul_(others, other_masks)
 
 
 def capture_state(trainer: pl.Trainer, pl_module: pl.LightningModule) -> RewindState:

@@ -52,12 +52,16 @@ class WarmupMultiStep:
 class ImageClassifier(LightningModule):
     """Cross-entropy classification around ``self.net``, which subclasses build.
 
-    Logs ``train_loss`` (every step, progress bar), ``val_loss``/``val_acc`` and ``test_loss``/``test_acc``
-    (per epoch; accuracy is the fraction of correct predictions). ``configure_optimizers`` reads the
-    hyperparameters that subclasses store with ``save_hyperparameters()``: ``optimizer`` ("adam", "adamw"
-    or "sgd"), ``lr``, ``momentum`` (sgd only), ``weight_decay``, and optionally ``milestones`` + ``gamma``
-    for a step-based ``MultiStepLR`` (milestones count optimizer steps, not epochs) and ``warmup_steps`` for a
-    linear warmup (then one ``LambdaLR`` with :class:`WarmupMultiStep` does both).
+    Logs ``train_loss`` (progress bar and loggers) at the steps Lightning writes to the loggers (every
+    ``Trainer(log_every_n_steps=...)`` steps), at the first and the last step and at the last batch of each epoch,
+    and ``val_loss``/``val_acc`` and ``test_loss``/``test_acc`` (per epoch; accuracy is the fraction of correct
+    predictions). One ``self.log`` call costs more than LeNet-300-100's optimizer step on a CPU, and the loggers
+    only receive every ``log_every_n_steps``-th value anyway; ``log_every_n_steps=1`` logs every step.
+
+    ``configure_optimizers`` reads the hyperparameters that subclasses store with ``save_hyperparameters()``:
+    ``optimizer`` ("adam", "adamw" or "sgd"), ``lr``, ``momentum`` (sgd only), ``weight_decay``, and optionally
+    ``milestones`` + ``gamma`` for a step-based ``MultiStepLR`` (milestones count optimizer steps, not epochs) and
+    ``warmup_steps`` for a linear warmup (then one ``LambdaLR`` with :class:`WarmupMultiStep` does both).
 
     Example:
         >>> class Linear(ImageClassifier):
@@ -87,8 +91,20 @@ class ImageClassifier(LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         loss = F.cross_entropy(self(x), y)
-        self.log("train_loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=len(y))
+        if self._log_train_loss_now(batch_idx):
+            self.log("train_loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=len(y))
         return loss
+
+    def _log_train_loss_now(self, batch_idx: int) -> bool:
+        """Whether this training step logs ``train_loss``: the steps the loggers write (Lightning writes step
+        metrics when ``(optimizer steps so far + 1) % log_every_n_steps == 0``), the first and last step, and the
+        last batch of an epoch (so ``callback_metrics`` and the progress bar hold a recent value)."""
+        trainer = self._trainer
+        if trainer is None or trainer.log_every_n_steps <= 1:
+            return True
+        step = self.global_step + 1  # the optimizer step this batch completes (counting from 1)
+        return (step % trainer.log_every_n_steps == 0 or step == 1 or step == trainer.max_steps
+                or batch_idx + 1 == trainer.num_training_batches)
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, accuracy: MulticlassAccuracy) -> Tensor:
         x, y = batch
