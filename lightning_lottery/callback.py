@@ -257,6 +257,8 @@ class LotteryTicket(Callback):
         """
         if not optimizers or any(type(opt) not in ZERO_PRESERVING_OPTIMIZERS for opt in optimizers):
             return True
+        if any(p.dtype == torch.float16 for p in self._masked_params):
+            return True  # float16 weights: Adam's eps (1e-8) underflows to 0 and 0/0 makes pruned weights NaN
         masks = dict(zip(map(id, self._masked_params), self._masked_masks))
         for opt in optimizers:
             for p, state in opt.state.items():

@@ -103,9 +103,11 @@ def callback(strategy: str, out: str) -> None:
     pl.Trainer(**kwargs, logger=False, enable_checkpointing=False, limit_val_batches=0).fit(model, data)
     zeros = all(int(torch.count_nonzero(p.detach()[~lottery.mask[n]])) == 0
                 for n, p in model.named_parameters() if n in lottery.mask)
-    print("CALLBACK", json.dumps({"rank": int(os.environ.get("LOCAL_RANK", 0)), "level": lottery.level,
-                                  "theta0": state_checksum(theta0), "remaining": round(lottery.remaining, 4),
-                                  "zeros": zeros, "mask": checksum(lottery.mask)}))
+    line = json.dumps({"rank": int(os.environ.get("LOCAL_RANK", 0)), "level": lottery.level,
+                       "theta0": state_checksum(theta0), "remaining": round(lottery.remaining, 4),
+                       "zeros": zeros, "mask": checksum(lottery.mask)})
+    sys.stdout.write(f"CALLBACK {line}\n")  # one write: the two ranks share the pipe
+    sys.stdout.flush()
 
 
 class RankMask(Callback):

@@ -85,6 +85,16 @@ def test_precisions_keep_bool_masks_and_exact_zeros(precision, optimizer):
     _rewind_matches(lottery, model, new_mask)
 
 
+def test_float16_adam_keeps_pruned_weights_zero_even_when_it_diverges():
+    """Pure float16 with Adam's default eps: 0/0 on pruned entries; the post-step mask still clears them."""
+    torch.manual_seed(0)
+    model = TinyMLP(optimizer="adam", lr=0.05)
+    mask = random_mask(model)
+    checker = ZeroChecker(mask)
+    make_trainer([LotteryTicket(mask), checker], max_steps=4, precision="16-true").fit(model, TinyData())
+    assert checker.checked == 4 and model.net[0].weight.dtype == torch.float16
+
+
 def test_grad_scaler_skipped_steps_leave_pruned_weights_zero():
     """float16 autocast with a GradScaler (as on CUDA): overflowing steps are skipped; zeros hold either way."""
     torch.manual_seed(0)
