@@ -235,10 +235,15 @@ class PruningScheduler:
 
     def _run_in_group(self, probe: pl.Trainer) -> list[dict[str, Any]]:
         """In every process: join the process group (as the first fit would), then run the experiment."""
+        created = not distributed.initialized()
         probe.strategy.setup_environment()
         if not distributed.is_main():
             self.stream = None
-        return self._run()
+        rows = self._run()
+        if created:  # leave together: a rank exiting while its peers still talk to it can abort them
+            distributed.barrier()
+            torch.distributed.destroy_process_group()
+        return rows
 
     def _run(self) -> list[dict[str, Any]]:
         cfg = self.config
