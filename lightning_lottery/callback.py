@@ -77,8 +77,6 @@ class LotteryTicket(Callback):
             self.mask = t.mask
             self._rewind_point = RewindState(step=0, epoch=0, model=t.state)
         self._pending_rewind = self._rewind_point is not None
-        self._params: list[torch.Tensor] = []
-        self._device_masks: list[torch.Tensor] = []
         self._masked_params: list[torch.Tensor] = []  # the prunable parameters with pruned entries...
         self._masked_masks: list[torch.Tensor] = []  # ...and their device masks (the same tensors, no copies)
         self._mask_after_step: bool | None = None  # decided at the first optimizer step of a fit
@@ -232,11 +230,9 @@ class LotteryTicket(Callback):
         check_fits(self.mask, params)
         if self._rewind_point is not None:
             Ticket(self.mask, self._rewind_point.model).check_fits(pl_module, params)
-        self._params = list(params.values())
-        self._device_masks = [self.mask[n].to(p.device, torch.bool) for n, p in params.items()]
-        has_pruned = [not bool(self.mask[n].all()) for n in params]
-        self._masked_params = [p for p, h in zip(self._params, has_pruned) if h]
-        self._masked_masks = [m for m, h in zip(self._device_masks, has_pruned) if h]
+        pruned = [n for n in params if not bool(self.mask[n].all())]
+        self._masked_params = [params[n] for n in pruned]
+        self._masked_masks = [self.mask[n].to(params[n].device, torch.bool) for n in pruned]
         self._dense = not self._masked_params
         self._mask_after_step = None
         self._stepped = False
@@ -259,15 +255,16 @@ class LotteryTicket(Callback):
             return True
         if any(p.dtype == torch.float16 for p in self._masked_params):
             return True  # float16 weights: Adam's eps (1e-8) underflows to 0 and 0/0 makes pruned weights NaN
-        masks = dict(zip(map(id, self._masked_params), self._masked_masks))
-        for opt in optimizers:
-            for p, state in opt.state.items():
-                m = masks.get(id(p))
-                if m is None:
-                    continue
-                values = [v for v in state.values() if isinstance(v, torch.Tensor) and v.shape == p.shape]
-                _zero_pruned(values, [m.to(v.device) for v in values])
+        self._zero_pruned_state(optimizers)
         return False
+
+    def _zero_pruned_state(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+        """Zero the pruned entries of the optimizers' per-weight state (momenta, moments), in place."""
+        for opt in optimizers:
+            for p, m in zip(self._masked_params, self._masked_masks):
+                values = [v for v in opt.state.get(p, {}).values()
+                          if isinstance(v, torch.Tensor) and v.shape == p.shape]
+                _zero_pruned(values, [m.to(v.device) for v in values])
 
     def _multiply_masks(self, tensors: Sequence[torch.Tensor | None]) -> None:
         """Zero the pruned entries of tensors shaped like ``self._masked_params``, in place (``None`` skipped)."""
@@ -295,11 +292,7 @@ class LotteryTicket(Callback):
             for cfg, state in zip(trainer.lr_scheduler_configs, rp.lr_schedulers):
                 cfg.scheduler.load_state_dict(cpu_copy(state))
         self._mask_weights()
-        for opt in trainer.optimizers:  # pruned entries of momenta / moments start at zero
-            for p, m in zip(self._params, self._device_masks):
-                for value in opt.state.get(p, {}).values():
-                    if isinstance(value, torch.Tensor) and value.shape == p.shape:
-                        value.mul_(m.to(value.device))
+        self._zero_pruned_state(trainer.optimizers)  # pruned entries of momenta / moments start at zero
         _set_loop_position(trainer, rp.step, rp.epoch)
         self._pending_rewind = False
 

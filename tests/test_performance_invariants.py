@@ -217,8 +217,7 @@ def test_layers_without_pruned_weights_are_skipped():
     checker = AfterEveryStep(mask)
     make_trainer([lottery, checker], max_steps=3).fit(model, TinyData())
     assert len(lottery._masked_params) == 2 and checker.steps_checked == 3
-    assert all(m.dtype == torch.bool for m in lottery._device_masks)  # 1 byte per weight; shared, not copied
-    assert all(any(m is d for d in lottery._device_masks) for m in lottery._masked_masks)
+    assert all(m.dtype == torch.bool for m in lottery._masked_masks)  # 1 byte per weight, one device copy
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
