@@ -538,7 +538,7 @@ def kept_tensors(variant: str, model: nn.Module, callbacks: Sequence[Any]) -> di
     out: dict[str, dict[str, Any]] = {}
     if variant == "lottery":
         cb = callbacks[0]
-        out["mask next to the weights (bool)"] = {**tensor_footprint([cb._device_masks]), "follows_weights": True}
+        out["mask next to the weights (bool)"] = {**tensor_footprint([cb._masked_masks]), "follows_weights": True}
         out["mask, CPU copy (bool)"] = {**tensor_footprint([cb.mask]), "follows_weights": False}
         out["rewind point (weights, buffers, optimizer state)"] = {
             **tensor_footprint([cb.rewind_point.state_dict() if cb.rewind_point else {}]), "follows_weights": False}

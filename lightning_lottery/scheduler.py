@@ -73,21 +73,33 @@ LoggerFactory = Callable[[LevelInfo], "Logger | list[Logger] | bool"]
 
 
 class ValidationHistory(Callback):
-    """Records ``(step, val_loss, val_acc)`` at every validation; part of the checkpoint, so it survives resume."""
+    """Records ``(step, val_loss, val_acc)`` at every validation and a CPU copy of the model's state at the best
+    one (the early-stopping iteration); both are part of the checkpoint, so they survive a resume.
+
+    Keeping the best weights in memory replaces an "early-stop" checkpoint file that was rewritten, with the
+    optimizer and callback states, at every improvement of the validation loss.
+
+    Example:
+        >>> history = ValidationHistory()
+        >>> history.history, history.best(), history.best_weights
+        ([], None, None)
+    """
 
     def __init__(self, monitor: str = "val_loss", accuracy: str = "val_acc") -> None:
         self.monitor, self.accuracy = monitor, accuracy
         self.history: list[dict[str, float]] = []
+        self.best_weights: dict[str, torch.Tensor] | None = None
 
     @property
     def state_key(self) -> str:
         return self._generate_state_key(monitor=self.monitor)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
+        return {"history": self.history, "best_weights": self.best_weights}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict["history"])
+        self.best_weights = state_dict.get("best_weights")
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
@@ -96,6 +108,8 @@ class ValidationHistory(Callback):
         if self.accuracy in trainer.callback_metrics:
             row[self.accuracy] = float(trainer.callback_metrics[self.accuracy])
         self.history.append(row)
+        if self.best() is row:
+            self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
 
     def best(self) -> dict[str, float] | None:
         """The entry with the smallest monitored value (the earliest one on ties)."""
@@ -307,12 +321,10 @@ class PruningScheduler:
         every = cfg.checkpoint_every_n_steps or (10 * cfg.val_every_n_steps if cfg.val_every_n_steps else None)
         last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, every_n_train_steps=every,
                                enable_version_counter=False)
-        best = ModelCheckpoint(dirpath=ckpt_dir, filename="early-stop", monitor="val_loss", mode="min", save_top_k=1,
-                               enable_version_counter=False)
         info = LevelInfo(run.level, cfg.levels, remaining(mask), run_dir, self.experiment_id, run.branch,
                          run.replicate, seed)
         loggers = self._loggers(info)
-        trainer = self._make_trainer(run, info, [lottery, history, last, best, progress.callback()], loggers)
+        trainer = self._make_trainer(run, info, [lottery, history, last, progress.callback()], loggers)
 
         pl.seed_everything(seed, workers=True, verbose=False)
         resume = ckpt_dir / "last.ckpt"
@@ -327,18 +339,17 @@ class PruningScheduler:
             lottery.rewind_point.save(self.store.rewind_file(run.replicate))
         if main and is_main_line and self._needs_final_state(run.level):
             capture_state(trainer, self.model).save(self.store.final_state_file(run))
-        test = self._test(trainer, None)
+        test = self._test(trainer)
         if is_main_line and run.level < cfg.levels:  # the next level's mask, from the final weights
             next_mask = self._next_mask(mask, seed, run.level)
             distributed.check_same_mask(next_mask, f"level {run.level + 1} mask (pruned from {run})")
             if main:
                 save_mask(next_mask, self.store.mask_file(run.next_level()), {"level": str(run.level + 1)})
         best_entry, val_history = history.best(), list(history.history)
-        # testing from the early-stop checkpoint restores callback states too: read them before
         if distributed.broadcast(best_entry is not None and best_entry["step"] == trainer.global_step):
             early = test  # the early-stopping iteration is the last one: the same weights
         else:
-            early = self._test(trainer, best.best_model_path) if best.best_model_path else {}
+            early = self._test_weights(trainer, history.best_weights) if history.best_weights is not None else {}
         ticket_path = self.store.ticket_file(run)
         if main:
             Ticket.from_state(lottery.rewind_point.model if start_state is None else start_state.model, mask,
@@ -493,10 +504,18 @@ class PruningScheduler:
             kwargs["strategy"] = DDPStrategy(start_method="popen", **self._worker_ddp)
         return pl.Trainer(**kwargs)
 
-    def _test(self, trainer: pl.Trainer, ckpt_path: str | None) -> dict[str, float]:
-        results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, verbose=False,
-                               weights_only=True if ckpt_path else None)
+    def _test(self, trainer: pl.Trainer) -> dict[str, float]:
+        results = trainer.test(self.model, datamodule=self.datamodule, verbose=False)
         return {k: float(v) for k, v in (results[0] if results else {}).items()}
+
+    def _test_weights(self, trainer: pl.Trainer, weights: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """Test the model with ``weights`` loaded, then give it its own weights back."""
+        own = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(weights)
+        try:
+            return self._test(trainer)
+        finally:
+            self.model.load_state_dict(own)
 
     def _log_summary(self, loggers: Sequence[Logger], row: Mapping[str, Any], ticket_path: Path) -> None:
         """Every logger of the run receives the run's results; the W&B run also gets its ticket, then finishes."""

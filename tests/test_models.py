@@ -79,6 +79,52 @@ def test_configure_optimizers() -> None:
         bad.configure_optimizers()
 
 
+def _fused(model: ImageClassifier) -> bool | None:
+    return model.configure_optimizers()["optimizer"].defaults["fused"]
+
+
+def test_adam_is_fused_by_default_on_cpu_and_can_be_turned_off() -> None:
+    tiny = {"in_features": 4, "hidden_sizes": [3]}
+    assert _fused(LeNet300100(**tiny)) is True
+    assert _fused(LeNet300100(**tiny, optimizer="adamw")) is True
+    assert _fused(LeNet300100(**tiny, fused=False)) is False
+    assert not _fused(LeNet300100(**tiny, optimizer="sgd"))  # auto leaves SGD to torch's default
+    assert _fused(LeNet300100(**tiny, optimizer="sgd", fused=True)) is True
+    assert not _fused(LeNet300100(**tiny).to(torch.float16).to("meta"))  # no fused kernel for "meta"
+
+
+def test_auto_fused_steps_aside_for_a_grad_scaler() -> None:
+    """Lightning unscales before the step (and clips) only with unfused optimizers under a GradScaler."""
+    from lightning.pytorch.plugins import MixedPrecision
+
+    scaler = torch.amp.GradScaler("cpu")
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)],
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, gradient_clip_val=1.0)
+    model = LeNet300100(in_features=4, hidden_sizes=[3])
+    data = torch.utils.data.TensorDataset(torch.randn(8, 4), torch.randint(0, 10, (8,)))
+    trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=4))
+    assert not trainer.optimizers[0].defaults["fused"]
+
+
+def test_fused_and_unfused_adam_agree_to_rounding() -> None:
+    """The default (fused) Adam is the same algorithm as torch's unfused one: 20 steps agree to rounding."""
+    states = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        model = LeNet300100(in_features=6, hidden_sizes=[5], optimizer="adamw", weight_decay=0.1, fused=fused)
+        opt = model.configure_optimizers()["optimizer"]
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(20):
+            x, y = torch.randn(8, 6, generator=gen), torch.randint(0, 10, (8,), generator=gen)
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        states.append(model.state_dict())
+    for name in states[0]:
+        torch.testing.assert_close(states[0][name], states[1][name], rtol=1e-5, atol=1e-6, msg=name)
+
+
 def _dataset_loss(model: ImageClassifier, dm: DigitsDataModule) -> float:
     assert dm._splits is not None
     x, y = dm._splits["train"]

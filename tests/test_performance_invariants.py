@@ -101,6 +101,8 @@ KNOWN = {
     "adam-decoupled": lambda ps: torch.optim.Adam(ps, lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
     "adamw-wd": lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1),
     "adamw-amsgrad": lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.5, amsgrad=True),
+    "adamw-fused-wd": lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.5, fused=True),
+    "sgd-fused-momentum-wd": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=0.01, fused=True),
     "nadam": lambda ps: torch.optim.NAdam(ps, lr=0.01, weight_decay=0.1),
     "nadam-decoupled": lambda ps: torch.optim.NAdam(ps, lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
     "radam": lambda ps: torch.optim.RAdam(ps, lr=0.01, weight_decay=0.1),

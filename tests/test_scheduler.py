@@ -159,3 +159,36 @@ def test_validation_history_is_complete_when_early_stop_is_early(tmp_path):
     assert [h["step"] for h in row["val_history"]] == [4, 8, 12]
     assert row["early_stop_iter"] == min(row["val_history"], key=lambda h: h["val_loss"])["step"]
     assert row["early_stop_iter"] < 12
+
+
+
+class WeightsAtValidation(Callback):
+    """Copies of the weights at every validation, by step (a class attribute: the scheduler copies callbacks)."""
+
+    by_step: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_validation_end(self, trainer, pl_module):
+        WeightsAtValidation.by_step[trainer.global_step] = {
+            k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+
+def test_early_stop_test_uses_the_weights_of_the_best_validation_and_keeps_the_final_ones(tmp_path):
+    import lightning.pytorch as pl
+
+    WeightsAtValidation.by_step = {}
+    torch.manual_seed(0)
+    model = TinyMLP(optimizer="sgd", lr=20.0)  # diverges: the best validation is an early one
+    trainer_kwargs = dict(TRAINER, callbacks=[WeightsAtValidation()])
+    (row,) = scheduler(tmp_path, model=model, levels=0, trainer=trainer_kwargs).run()
+    early, final_step = row["early_stop_iter"], row["steps"]
+    assert early < final_step and sorted(WeightsAtValidation.by_step) == [4, 8, 12]
+    assert not any(tmp_path.rglob("*.ckpt"))  # no checkpoint file for early stopping (the level cleaned up too)
+    # the caller's model holds the final weights again after the early-stop test
+    for k, v in WeightsAtValidation.by_step[final_step].items():
+        assert torch.equal(model.state_dict()[k], v), k
+    # the weights of the best validation, tested on their own, give the reported early-stop accuracy
+    probe = TinyMLP(optimizer="sgd", lr=20.0)
+    probe.load_state_dict(WeightsAtValidation.by_step[early])
+    tester = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    (result,) = tester.test(probe, datamodule=TinyData(), verbose=False)
+    assert result["test_acc"] == pytest.approx(row["early_stop_test_acc"], abs=1e-6)

@@ -49,6 +49,8 @@ class ConvNet(ImageClassifier):
         milestones: optimizer steps at which the learning rate is multiplied by ``gamma``.
         gamma: factor applied at each milestone.
         warmup_steps: steps of linear learning-rate warmup (0: none).
+        fused: Adam/AdamW's implementation: ``None`` (default) uses torch's fused kernel when no
+            ``GradScaler`` is in use, ``True``/``False`` force it on/off (see ``ImageClassifier``).
 
     Example:
         >>> import torch
@@ -75,6 +77,7 @@ class ConvNet(ImageClassifier):
         milestones: list[int] | None = None,
         gamma: float = 0.1,
         warmup_steps: int = 0,
+        fused: bool | None = None,
     ) -> None:
         super().__init__(num_classes=num_classes)
         if variant not in _PLANS:

@@ -41,6 +41,7 @@ class LeNet300100(ImageClassifier):
         weight_decay: float = 0.0,
         milestones: list[int] | None = None,
         gamma: float = 0.1,
+        fused: bool | None = None,
     ) -> None:
         super().__init__(num_classes=num_classes)
         hidden_sizes = [int(h) for h in hidden_sizes]  # stored as a list: YAML-friendly hparams
