@@ -476,6 +476,8 @@ def check_variants(state: Mapping[str, Mapping[str, Any]], mask: Mapping[str, to
 def bench_steps(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
     results = []
     for spec in model_specs(args.conv_input):
+        if spec.name not in args.models.split(","):
+            continue
         variants = ["dense", "lottery", "modelpruning"] + (["bare"] if spec.name == "lenet300" else [])
         log(f"steps: {spec.name} {tuple(spec.input_shape)}, variants {variants}, "
             f"{args.warmup_blocks}+{args.rounds} blocks of {args.block}")
@@ -571,6 +573,8 @@ def bench_memory(args: argparse.Namespace, device: torch.device) -> list[dict[st
     cuda = device.type == "cuda"
     results = []
     for spec in model_specs(args.conv_input):
+        if spec.name not in args.models.split(","):
+            continue
         log(f"memory: {spec.name}")
         base = spec.build()
         mask = half_mask(base)
@@ -1138,6 +1142,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when available")
     p.add_argument("--only", default=",".join(ITEMS), help=f"comma-separated subset of {','.join(ITEMS)}")
+    p.add_argument("--models", default="lenet300,conv2", help="models of the step and memory sections")
     p.add_argument("--conv-input", default="28x28x1", choices=["28x28x1", "32x32x3"], help="Conv-2 input shape")
     p.add_argument("--block", type=int, help="steps per turn of a variant (default 50; quick 10)")
     p.add_argument("--rounds", type=int, help="timed turns per variant (default 6: 300 steps; quick 3)")
