@@ -76,8 +76,8 @@ class ValidationHistory(Callback):
     """Records ``(step, val_loss, val_acc)`` at every validation and a CPU copy of the model's state at the best
     one (the early-stopping iteration); both are part of the checkpoint, so they survive a resume.
 
-    Keeping the best weights in memory replaces an "early-stop" checkpoint file that was rewritten, with the
-    optimizer and callback states, at every improvement of the validation loss.
+    A copy in memory costs one CPU copy of the state dict per improvement of the validation loss, where a
+    checkpoint file would be a write of the model, optimizer and callback states each time.
 
     Example:
         >>> history = ValidationHistory()
