@@ -231,9 +231,16 @@ def _csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
 
 
 def _first_difference(old: Any, new: Any, path: str = "") -> str:
+    """The first setting (dotted path) whose value differs, also when one side lacks it."""
     if isinstance(old, dict) and isinstance(new, dict):
         for key in sorted(set(old) | set(new)):
-            if old.get(key) != new.get(key):
-                return _first_difference(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
+            here = f"{path}.{key}" if path else str(key)
+            if key not in old:
+                return (f"{here}: not in the stored configuration, now {new[key]!r} (a setting added since the "
+                        "experiment started, e.g. by a newer version: the code that started it can finish it)")
+            if key not in new:
+                return f"{here}: was {old[key]!r}, not set now"
+            if old[key] != new[key]:
+                return _first_difference(old[key], new[key], here)
         return "no difference found"
     return f"{path or 'config'}: was {old!r}, now {new!r}"

@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning_lottery import LotteryConfig, PruningScheduler, Ticket
 from lightning_lottery.masks import checksum, load_mask
 from lightning_lottery.rewind import RewindState
-from lightning_lottery.store import RESULT_COLUMNS, ExperimentMismatchError
+from lightning_lottery.store import RESULT_COLUMNS, ExperimentMismatchError, config_hash
 
 TRAINER = dict(max_steps=12, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
 
@@ -128,6 +128,22 @@ def test_different_config_same_directory_is_an_error(tmp_path):
     with pytest.raises(ExperimentMismatchError, match="rate: was 0.5, now 0.3"):
         scheduler(tmp_path, levels=1, rate=0.3).run()
     assert json.loads((tmp_path / "experiment.json").read_text())["config"]["lottery"]["rate"] == 0.5
+
+
+def test_settings_added_or_removed_since_the_experiment_started_are_named(tmp_path):
+    """An experiment started by code with other settings (e.g. another version): the error names the key."""
+    scheduler(tmp_path, levels=0).run()
+    path = tmp_path / "experiment.json"
+    stored = json.loads(path.read_text())
+    del stored["config"]["lottery"]["criterion"]
+    path.write_text(json.dumps({**stored, "hash": config_hash(stored["config"])}))  # as that code wrote it
+    with pytest.raises(ExperimentMismatchError, match=r"lottery\.criterion: not in the stored configuration, now "
+                                                      r"'magnitude' \(a setting added since the experiment started"):
+        scheduler(tmp_path, levels=0).run()
+    stored["config"]["lottery"].update(criterion="magnitude", old_setting=1)
+    path.write_text(json.dumps({**stored, "hash": config_hash(stored["config"])}))
+    with pytest.raises(ExperimentMismatchError, match=r"lottery\.old_setting: was 1, not set now"):
+        scheduler(tmp_path, levels=0).run()
 
 
 def test_user_conv_bn_module_through_scheduler(tmp_path):
