@@ -170,10 +170,11 @@ class ModelSpec:
         return ConvNet("conv2", in_channels=c, image_size=h)
 
 
-def model_specs(conv_input: str) -> list[ModelSpec]:
+def model_specs(conv_input: str, names: str = "lenet300,conv2") -> list[ModelSpec]:
+    """The benchmark's models, those of the comma-separated ``names`` only."""
     conv_shape = (1, 28, 28) if conv_input == "28x28x1" else (3, 32, 32)
-    return [ModelSpec("lenet300", (784,), TARGETS["step_lenet"]),
-            ModelSpec("conv2", conv_shape, TARGETS["step_conv2"])]
+    specs = [ModelSpec("lenet300", (784,), TARGETS["step_lenet"]), ModelSpec("conv2", conv_shape, TARGETS["step_conv2"])]
+    return [s for s in specs if s.name in names.split(",")]
 
 
 def random_data(shape: Sequence[int], n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -475,9 +476,7 @@ def check_variants(state: Mapping[str, Mapping[str, Any]], mask: Mapping[str, to
 
 def bench_steps(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
     results = []
-    for spec in model_specs(args.conv_input):
-        if spec.name not in args.models.split(","):
-            continue
+    for spec in model_specs(args.conv_input, args.models):
         variants = ["dense", "lottery", "modelpruning"] + (["bare"] if spec.name == "lenet300" else [])
         log(f"steps: {spec.name} {tuple(spec.input_shape)}, variants {variants}, "
             f"{args.warmup_blocks}+{args.rounds} blocks of {args.block}")
@@ -572,9 +571,7 @@ def bench_memory(args: argparse.Namespace, device: torch.device) -> list[dict[st
     epoch, steps = 4, 10  # ModelPruning applies its mask at the end of epoch 0
     cuda = device.type == "cuda"
     results = []
-    for spec in model_specs(args.conv_input):
-        if spec.name not in args.models.split(","):
-            continue
+    for spec in model_specs(args.conv_input, args.models):
         log(f"memory: {spec.name}")
         base = spec.build()
         mask = half_mask(base)

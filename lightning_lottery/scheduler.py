@@ -46,7 +46,7 @@ from lightning_lottery.masks import (
     save_mask,
 )
 from lightning_lottery.progress import ExperimentProgress, format_table
-from lightning_lottery.rewind import RewindState
+from lightning_lottery.rewind import RewindState, cpu_copy
 from lightning_lottery.store import ExperimentStore, Run, config_hash
 from lightning_lottery.ticket import Ticket
 from lightning_lottery.tracking import SUMMARY_KEYS, WandbSettings, WandbTracker
@@ -109,7 +109,7 @@ class ValidationHistory(Callback):
             row[self.accuracy] = float(trainer.callback_metrics[self.accuracy])
         self.history.append(row)
         if self.best() is row:
-            self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
+            self.best_weights = cpu_copy(pl_module.state_dict())
 
     def best(self) -> dict[str, float] | None:
         """The entry with the smallest monitored value (the earliest one on ties)."""
@@ -510,7 +510,7 @@ class PruningScheduler:
 
     def _test_weights(self, trainer: pl.Trainer, weights: Mapping[str, torch.Tensor]) -> dict[str, float]:
         """Test the model with ``weights`` loaded, then give it its own weights back."""
-        own = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        own = cpu_copy(self.model.state_dict())
         self.model.load_state_dict(weights)
         try:
             return self._test(trainer)
