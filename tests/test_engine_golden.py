@@ -1,0 +1,72 @@
+"""The engine gives the same results as the engine it replaced: every branch and rewind mode of the smoke recipe.
+
+``tests/data/engine_golden.json`` holds the rows of ``results.csv`` (every column but ``wall_s``) and the checksum
+of every run's mask, recorded with the engine before the redesign (``scheduler.py`` as one class, commit 017311f).
+Rerecord only for an intended change of results: ``LOTTERY_RECORD_GOLDEN=1 pytest tests/test_engine_golden.py``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from lightning_lottery.cli import main
+from lightning_lottery.masks import checksum
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "recipes" / "lenet300_digits_smoke.yaml")
+GOLDEN = Path(__file__).parent / "data" / "engine_golden.json"
+BASE = ["--trainer.max_steps", "20", "--lottery.val_every_n_steps", "5", "--lottery.rewind_to", "5it",
+        "--wandb.enabled", "false", "--quiet", "true"]
+
+#: name → command-line overrides: together every branch and every rewind mode.
+SCENARIOS: dict[str, list[str]] = {
+    "full_controls_2reps": ["--lottery.levels", "1", "--lottery.replicates", "2",
+                            "--lottery.controls", "[random_reinit, random_mask, oneshot]"],
+    "weights_controls": ["--lottery.levels", "2", "--lottery.rewind", "weights",
+                         "--lottery.controls", "[random_reinit, random_mask]"],
+    "lr": ["--lottery.levels", "2", "--lottery.rewind", "lr", "--model.init_args.milestones", "[8]"],
+    "finetune": ["--lottery.levels", "2", "--lottery.rewind", "finetune", "--model.init_args.milestones", "[8]"],
+}
+
+
+def _run(name: str, out_dir: Path) -> dict[str, object]:
+    assert main(["find", "--config", SMOKE, "--lottery.out_dir", str(out_dir), *BASE, *SCENARIOS[name]]) == 0
+    with open(out_dir / "results.csv") as f:
+        rows = [{k: v for k, v in row.items() if k != "wall_s"} for row in csv.DictReader(f)]
+    masks = {str(p.parent.relative_to(out_dir)): checksum(load_file(p))
+             for p in sorted(out_dir.glob("replicate_*/*/level_*/mask.safetensors"))}
+    return {"rows": rows, "masks": masks}
+
+
+def _same(recorded: str, now: str) -> bool:
+    if recorded == now:
+        return True
+    try:
+        return math.isclose(float(recorded), float(now), rel_tol=1e-6, abs_tol=1e-9)
+    except ValueError:
+        return False
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_results_match_the_engine_before_the_redesign(tmp_path, name):
+    result = _run(name, tmp_path / name)
+    if os.environ.get("LOTTERY_RECORD_GOLDEN"):
+        golden = json.loads(GOLDEN.read_text()) if GOLDEN.is_file() else {}
+        golden[name] = result
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")
+        pytest.skip("recorded")
+    expected = json.loads(GOLDEN.read_text())[name]
+    assert result["masks"] == expected["masks"]
+    assert len(result["rows"]) == len(expected["rows"])
+    for got, want in zip(result["rows"], expected["rows"]):
+        assert set(got) >= set(want), f"columns lost: {set(want) - set(got)}"
+        different = {k: (want[k], got[k]) for k in want if not _same(want[k], got[k])}
+        assert not different, f"{want['branch']} level {want['level']} r{want['replicate']}: {different}"
