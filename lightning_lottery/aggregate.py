@@ -25,6 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from lightning_lottery.atomic import atomic_write_bytes
+from lightning_lottery.branches import main_line_names
+
 __all__ = ["DEFAULT_METRICS", "aggregate", "aggregate_columns", "branch_sort_key", "t_quantile", "write_aggregate"]
 
 #: Metrics summarised by default.
@@ -35,13 +38,14 @@ STAT_FIELDS: tuple[str, ...] = ("mean", "std", "ci95", "n")
 
 
 def branch_sort_key(branch: str) -> tuple[bool, str]:
-    """Order of branches in tables and legends: ``ticket`` (the main line) first, then alphabetical.
+    """Order of branches in tables and legends: main lines (``ticket``, ``weights_rewind``, ...) first, then the
+    controls, each alphabetical.
 
     Example:
-        >>> sorted(["random_reinit", "ticket", "finetune"], key=branch_sort_key)
-        ['ticket', 'finetune', 'random_reinit']
+        >>> sorted(["random_reinit", "weights_rewind", "random_mask"], key=branch_sort_key)
+        ['weights_rewind', 'random_mask', 'random_reinit']
     """
-    return (branch != "ticket", branch)
+    return (branch not in main_line_names(), branch)
 
 
 def t_quantile(prob: float, dof: int) -> float:
@@ -142,8 +146,5 @@ def write_aggregate(
     for stats in aggregate(rows, metrics):
         writer.writerow({k: ("" if stats.get(k) is None else stats[k]) for k in columns})
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buf.getvalue().encode())
     return path

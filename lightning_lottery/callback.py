@@ -12,9 +12,9 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 
-from lightning_lottery import distributed, pruning
+from lightning_lottery import _compat, distributed, pruning
+from lightning_lottery._compat import override
 from lightning_lottery.criteria import get_criterion
 from lightning_lottery.masks import Mask, MaskError, check_fits, load_mask, ones_mask, prunable_parameters, remaining
 from lightning_lottery.rewind import RewindState, RewindStep, cpu_copy
@@ -102,13 +102,16 @@ class LotteryTicket(Callback):
 
     # ------------------------------------------------------------------------------------------- Lightning API
     @property
+    @override
     def state_key(self) -> str:
         return self._generate_state_key(rewind_to=str(self.rewind_step))
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         self._take_handoff()
         return self._state()
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.mask = state_dict["mask"]
         self.rewind_step = RewindStep.parse(state_dict["rewind_to"])
@@ -117,9 +120,11 @@ class LotteryTicket(Callback):
         self.level = int(state_dict["level"])
         self._pending_rewind = bool(state_dict["pending_rewind"])
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._attach(pl_module)
 
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.world_size > 1:
             assert self.mask is not None
@@ -127,14 +132,17 @@ class LotteryTicket(Callback):
         if self._pending_rewind:
             self._rewind(trainer, pl_module)
 
+    @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.rewind_step.unit == "ep":
             self._maybe_capture(trainer, pl_module, trainer.current_epoch)
 
+    @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         if self.rewind_step.unit == "it":
             self._maybe_capture(trainer, pl_module, trainer.global_step)
 
+    @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
@@ -145,6 +153,7 @@ class LotteryTicket(Callback):
         self._stepped = True
         self._multiply_masks([p.grad for p in self._masked_params])
 
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -153,13 +162,14 @@ class LotteryTicket(Callback):
             if self._mask_after_step:
                 self._mask_weights()
 
+    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._rewind_point is None and not trainer.interrupted:
             raise RuntimeError(
                 f"rewind point {self.rewind_step} was never reached: training stopped at step {trainer.global_step}, "
                 f"epoch {trainer.current_epoch}. Choose an earlier `rewind_to` or train longer."
             )
-        if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher) and trainer.is_global_zero:
+        if _compat.is_spawn_launcher(trainer.strategy.launcher) and trainer.is_global_zero:
             torch.save(self._state(), self._handoff)  # the main process reads it back (_take_handoff)
 
     # ----------------------------------------------------------------------------------------------- public
@@ -293,7 +303,7 @@ class LotteryTicket(Callback):
                 cfg.scheduler.load_state_dict(cpu_copy(state))
         self._mask_weights()
         self._zero_pruned_state(trainer.optimizers)  # pruned entries of momenta / moments start at zero
-        _set_loop_position(trainer, rp.step, rp.epoch)
+        _compat.set_loop_position(trainer, rp.step, rp.epoch)
         self._pending_rewind = False
 
 
@@ -351,20 +361,3 @@ def _load_mask_arg(mask: Mapping[str, torch.Tensor] | str | os.PathLike | None) 
     if isinstance(mask, (str, os.PathLike)):
         return load_mask(mask)
     return {n: m.detach().to("cpu", torch.bool) for n, m in mask.items()}
-
-
-def _set_loop_position(trainer: pl.Trainer, step: int, epoch: int) -> None:
-    """Make the fit loop continue from optimizer step ``step`` in epoch ``epoch`` (as a checkpoint restore does)."""
-    if step == 0 and epoch == 0:
-        return
-    epoch_loop = trainer.fit_loop.epoch_loop
-    if trainer.lightning_module.automatic_optimization:
-        tracker = epoch_loop.automatic_optimization.optim_progress.optimizer.step.total
-    else:
-        tracker = epoch_loop.manual_optimization.optim_step_progress.total
-    tracker.ready = tracker.completed = step
-    epoch_loop._batches_that_stepped = step
-    batches = epoch_loop.batch_progress.total  # step-based validation (val_check_interval) counts these
-    batches.ready = batches.started = batches.processed = batches.completed = step * trainer.accumulate_grad_batches
-    for progress in (trainer.fit_loop.epoch_progress.current, trainer.fit_loop.epoch_progress.total):
-        progress.ready = progress.started = progress.processed = progress.completed = epoch

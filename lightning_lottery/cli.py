@@ -28,6 +28,7 @@ from jsonargparse.typing import PositiveInt
 from lightning_lottery import distributed
 from lightning_lottery.config import LotteryConfig
 from lightning_lottery.data.errors import DataNotFoundError
+from lightning_lottery.identity import cli_identity
 from lightning_lottery.masks import MaskError
 from lightning_lottery.pruning import PruningError
 from lightning_lottery.store import ExperimentMismatchError
@@ -35,10 +36,6 @@ from lightning_lottery.tracking import WandbSettings
 
 #: Errors caused by the user's input or files: one line, no traceback.
 USER_ERRORS = (DataNotFoundError, MaskError, PruningError, ExperimentMismatchError, FileNotFoundError)
-
-#: Trainer settings that do not change results: they may differ when an experiment is resumed.
-_TRAINER_NOT_IDENTITY = ("enable_progress_bar", "enable_model_summary", "logger")
-
 
 def build_parser() -> ArgumentParser:
     """The ``lightning-lottery`` parser with its subcommands."""
@@ -79,17 +76,6 @@ def _report_parser() -> ArgumentParser:
     return parser
 
 
-def _identity(cfg: Namespace) -> dict[str, Any]:
-    """The parts of the resolved recipe that define the experiment (its hash binds the output directory)."""
-    ident = cfg.clone().as_dict()
-    for key in ("config", "quiet", "torch_num_threads", "wandb", "ticket"):
-        ident.pop(key, None)
-    for key in _TRAINER_NOT_IDENTITY:
-        ident["trainer"].pop(key, None)
-    ident["lottery"] = LotteryConfig(**ident["lottery"]).identity()
-    return ident
-
-
 def _settings(parser: ArgumentParser, cfg: Namespace) -> tuple[LotteryConfig, WandbSettings]:
     try:
         return LotteryConfig(**cfg.lottery.as_dict()), WandbSettings(**cfg.wandb.as_dict())
@@ -113,7 +99,8 @@ def run_find(parser: ArgumentParser, cfg: Namespace) -> int:
     lottery, wandb = _settings(parser, cfg)
     init = _instantiate(parser, cfg, lottery.replicate_seeds[0])
     trainer_kwargs = _trainer_kwargs(init.trainer)
-    identity = _identity(cfg)
+    recipe = cfg.clone().as_dict()
+    recipe.pop("config", None)
     scheduler = PruningScheduler(
         init.model,
         init.data,
@@ -121,7 +108,8 @@ def run_find(parser: ArgumentParser, cfg: Namespace) -> int:
         trainer_kwargs=trainer_kwargs,
         logger=_logger_factory(trainer_kwargs.pop("logger", None)),
         wandb=wandb,
-        experiment_config=identity,
+        experiment_config=recipe,
+        identity=cli_identity(recipe),
         stream=None if cfg.quiet else sys.stderr,
     )
     try:

@@ -6,8 +6,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
+from lightning_lottery import branches
 from lightning_lottery.rewind import RewindStep
 from lightning_lottery.store import config_hash
+
+# The accepted names come from the branch registry (typed for the command line's validation and --help).
+RewindMode = Literal[branches.rewind_modes()]  # type: ignore[valid-type]
+ControlName = Literal[branches.control_names()]  # type: ignore[valid-type]
 
 
 #: Fields that do not change results: they may differ when an experiment is resumed.
@@ -59,8 +64,8 @@ class LotteryConfig:
     rates: dict[str, float] = field(default_factory=dict)
     scope: Literal["layerwise", "global"] = "layerwise"
     rewind_to: str = "0it"
-    rewind: Literal["full", "weights", "lr", "finetune"] = "full"
-    controls: list[Literal["random_reinit", "random_mask", "oneshot"]] = field(default_factory=list)
+    rewind: RewindMode = "full"
+    controls: list[ControlName] = field(default_factory=list)
     replicates: int = 1
     seeds: Optional[list[int]] = None
     criterion: str = "magnitude"
@@ -89,12 +94,12 @@ class LotteryConfig:
             RewindStep.parse(self.rewind_to)
         except ValueError as err:
             raise ValueError(f"lottery.rewind_to: {err}") from None
-        if self.rewind not in ("full", "weights", "lr", "finetune"):
-            raise ValueError(f"lottery.rewind must be one of full, weights, lr, finetune; got {self.rewind!r}")
-        unknown = [c for c in self.controls if c not in ("random_reinit", "random_mask", "oneshot")]
+        if self.rewind not in branches.rewind_modes():
+            raise ValueError(f"lottery.rewind must be one of {', '.join(branches.rewind_modes())}; got {self.rewind!r}")
+        unknown = [c for c in self.controls if c not in branches.control_names()]
         if unknown or len(set(self.controls)) != len(self.controls):
             raise ValueError(f"lottery.controls: unknown or repeated control(s) {unknown or self.controls}; "
-                             "available: random_reinit, random_mask, oneshot")
+                             f"available: {', '.join(branches.control_names())}")
         if isinstance(self.replicates, bool) or not isinstance(self.replicates, int) or self.replicates < 1:
             raise ValueError(f"lottery.replicates must be an integer >= 1, got {self.replicates!r}")
         if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):

@@ -163,3 +163,19 @@ def theoretical_speedup(costs: Mapping[str, Mapping[str, int]], layers_alive: Ma
     if sparse == 0:
         return math.inf if dense else 1.0
     return dense / sparse
+
+
+def costs_on_first_batch(model: nn.Module, datamodule: Any, names: Iterable[str]) -> dict[str, dict[str, int]] | None:
+    """:func:`layer_costs` on the first sample of ``datamodule.train_dataloader()``; ``None`` when the datamodule
+    cannot give a tensor batch outside a trainer (then the report has no speedup column)."""
+    import torch
+
+    try:
+        batch = next(iter(datamodule.train_dataloader()))
+    except Exception:  # a datamodule that needs a trainer to make its loader
+        return None
+    example = batch[0] if isinstance(batch, (list, tuple)) else batch
+    if not isinstance(example, torch.Tensor):
+        return None
+    device = next(model.parameters()).device
+    return layer_costs(model, example[:1].to(device), names)

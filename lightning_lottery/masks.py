@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lightning_lottery.atomic import atomic_write_bytes
+
 Mask = dict[str, torch.Tensor]
 
 #: Layer types whose ``weight`` is prunable by default.
@@ -154,31 +156,6 @@ def to_device(mask: Mapping[str, torch.Tensor], device: torch.device | str) -> M
 
 
 # ----------------------------------------------------------------------------------------------- files
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_mask(mask: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> None:

@@ -23,7 +23,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
 if TYPE_CHECKING:
-    from lightning_lottery.store import Run
+    from lightning_lottery.plan import Run
 
 
 class ExperimentProgress:

@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 import torch
 
+from lightning_lottery.atomic import atomic_write
+
 _STEP_RE = re.compile(r"^\s*(\d+)\s*(it|ep)\s*$")
 
 
@@ -116,11 +118,8 @@ class RewindState:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically to ``path``."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        state = self.state_dict()
+        atomic_write(path, lambda f: torch.save(state, f))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> RewindState:
@@ -132,3 +131,21 @@ class RewindState:
         except Exception as err:
             raise ValueError(f"{path}: not a readable rewind-point file ({err})") from err
         return cls.from_state_dict(state)
+
+
+def fresh_initialization(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` that ``model``'s own initializer gives under ``seed`` (its ``reset_parameters()`` when it
+    has one, else each submodule's); the live model and the global random state are left as they were."""
+    saved = copy.deepcopy(model.state_dict())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        reset = getattr(model, "reset_parameters", None)
+        if callable(reset):
+            reset()
+        else:
+            for module in model.modules():
+                if module is not model and callable(getattr(module, "reset_parameters", None)):
+                    module.reset_parameters()
+        fresh = cpu_copy(model.state_dict())
+    model.load_state_dict(saved)
+    return fresh

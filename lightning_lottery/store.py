@@ -1,9 +1,13 @@
-"""The experiment directory: what is written where, atomically, and the results table rebuilt from it.
+"""The experiment directory: the only module that writes or reads an experiment's files.
+
+Every write goes through :mod:`lightning_lottery.atomic` (a reader sees the old file or the new one). The results
+tables are rebuilt from the finished runs' ``metrics.json``; their columns come from
+:class:`~lightning_lottery.result.RunResult`.
 
 Layout::
 
     OUT/
-      experiment.json                  id, configuration hash and resolved configuration
+      experiment.json                  id, identity hash, identity (non-default settings) and resolved configuration
       costs.json                       per prunable layer: weights and MACs per weight (theoretical speedup)
       results.csv, results.json        one row per finished run (branch, replicate, level)
       aggregate.csv                    mean, std and 95% CI per branch and level over replicates
@@ -22,7 +26,8 @@ Layout::
 
 Example:
     >>> import tempfile
-    >>> from lightning_lottery.store import ExperimentStore, Run
+    >>> from lightning_lottery.store import ExperimentStore
+    >>> from lightning_lottery.plan import Run
     >>> store = ExperimentStore(tempfile.mkdtemp())
     >>> store.run_dir(Run(0, "ticket", 3)).relative_to(store.root).as_posix()
     'replicate_0/ticket/level_03'
@@ -37,35 +42,40 @@ import hashlib
 import io
 import json
 import os
+import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lightning_lottery.masks import atomic_write_bytes
+from lightning_lottery.atomic import atomic_write_bytes
+from lightning_lottery.branches import main_line_names
+from lightning_lottery.masks import Mask, load_mask, save_mask
+from lightning_lottery.plan import Run
+from lightning_lottery.result import LAYER_COLUMNS, RESULT_COLUMNS
+from lightning_lottery.rewind import RewindState
+from lightning_lottery.ticket import Ticket
 
-#: The columns of ``results.csv`` in order (per-layer fractions go to ``layers.csv``).
-RESULT_COLUMNS: tuple[str, ...] = (
-    "branch",
-    "replicate",
-    "seed",
-    "level",
-    "remaining",
-    "alive",
-    "total",
-    "test_acc",
-    "test_loss",
-    "early_stop_iter",
-    "early_stop_test_acc",
-    "min_val_loss",
-    "best_val_acc",
-    "steps",
-    "wall_s",
-)
+__all__ = ["ExperimentMismatchError", "ExperimentStore", "LevelInfo", "canonical_json", "config_hash", "read_json",
+           "write_json"]
 
 
 class ExperimentMismatchError(RuntimeError):
     """The experiment directory belongs to a different configuration."""
+
+
+@dataclass(frozen=True)
+class LevelInfo:
+    """What a logger factory is told about the run it makes a logger for."""
+
+    level: int
+    levels: int
+    remaining: float
+    directory: Path
+    experiment_id: str
+    branch: str = "ticket"
+    replicate: int = 0
+    seed: int = 0
 
 
 def canonical_json(obj: Any) -> str:
@@ -91,34 +101,13 @@ def read_json(path: str | os.PathLike) -> Any:
         raise ValueError(f"{path}: corrupt JSON ({err}); delete it to recompute that part") from err
 
 
-@dataclass(frozen=True, order=True)
-class Run:
-    """One training run of an experiment: a (replicate, branch, level)."""
-
-    replicate: int
-    branch: str
-    level: int
-
-    def with_branch(self, branch: str) -> Run:
-        return replace(self, branch=branch)
-
-    def next_level(self) -> Run:
-        return replace(self, level=self.level + 1)
-
-    def previous_level(self) -> Run:
-        return replace(self, level=self.level - 1)
-
-    def __str__(self) -> str:
-        return f"{self.branch} level {self.level} (replicate {self.replicate})"
-
-
 class ExperimentStore:
-    """Paths and durable writes of one experiment directory."""
+    """Paths, durable writes and reads of one experiment directory."""
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
 
-    # paths
+    # ---------------------------------------------------------------------------------------------- paths
     @property
     def experiment_file(self) -> Path:
         return self.root / "experiment.json"
@@ -126,6 +115,10 @@ class ExperimentStore:
     @property
     def costs_file(self) -> Path:
         return self.root / "costs.json"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
 
     def rewind_file(self, replicate: int) -> Path:
         return self.root / f"replicate_{replicate}" / "rewind_point.pt"
@@ -148,37 +141,78 @@ class ExperimentStore:
     def checkpoint_dir(self, run: Run) -> Path:
         return self.run_dir(run) / "checkpoints"
 
-    # binding to a configuration
-    def bind(self, config: Mapping[str, Any], name: str) -> str:
-        """Create the directory for ``config`` or check it was made for the same one; returns the experiment id."""
-        digest = config_hash(config)
+    # ------------------------------------------------------------------------------------- the experiment
+    def bind(self, identity: Mapping[str, Any], name: str, config: Mapping[str, Any] | None = None) -> str:
+        """Create the directory for the experiment ``identity`` (the settings that define it) or check that it was
+        made for the same one; returns the experiment id ``name-<hash>``. ``config`` (the whole resolved
+        configuration) is stored beside it for the report and for reruns."""
+        digest = config_hash(identity)
         if self.experiment_file.exists():
             existing = read_json(self.experiment_file)
             if existing.get("hash") != digest:
-                theirs = existing.get("config", {})
-                diff = _first_difference(theirs, json.loads(canonical_json(config)))
+                theirs = existing.get("identity", existing.get("config", {}))
+                diff = _first_difference(theirs, json.loads(canonical_json(identity)))
                 raise ExperimentMismatchError(
                     f"{self.root} holds an experiment with a different configuration ({diff}). "
                     "Use another output directory, or delete this one to start over."
                 )
             return str(existing["id"])
         experiment_id = f"{name}-{digest[:8]}"
-        write_json(self.experiment_file, {"id": experiment_id, "hash": digest, "config": json.loads(canonical_json(config))})
+        write_json(self.experiment_file, {
+            "id": experiment_id, "hash": digest, "identity": json.loads(canonical_json(identity)),
+            "config": json.loads(canonical_json(config if config is not None else identity))})
         return experiment_id
+
+    def read_experiment(self) -> dict[str, Any] | None:
+        """``experiment.json`` (id, hash, identity, config), or ``None`` when there is none."""
+        return read_json(self.experiment_file) if self.experiment_file.is_file() else None
 
     def write_costs(self, costs: Mapping[str, Any]) -> None:
         write_json(self.costs_file, dict(costs))
 
-    # runs
+    def read_costs(self) -> dict[str, dict[str, int]] | None:
+        return read_json(self.costs_file) if self.costs_file.is_file() else None
+
+    # ---------------------------------------------------------------------------------------- run files
+    def save_mask(self, run: Run, mask: Mask) -> None:
+        meta = {"level": str(run.level), "branch": run.branch}
+        save_mask(mask, self.mask_file(run), meta)
+
+    def load_mask(self, run: Run) -> Mask:
+        return load_mask(self.mask_file(run))
+
+    def save_rewind_point(self, replicate: int, state: RewindState) -> None:
+        state.save(self.rewind_file(replicate))
+
+    def load_rewind_point(self, replicate: int) -> RewindState:
+        return RewindState.load(self.rewind_file(replicate))
+
+    def save_final_state(self, run: Run, state: RewindState) -> None:
+        state.save(self.final_state_file(run))
+
+    def load_final_state(self, run: Run) -> RewindState:
+        return RewindState.load(self.final_state_file(run))
+
+    def save_ticket(self, run: Run, ticket: Ticket) -> Path:
+        path = self.ticket_file(run)
+        ticket.save(path)
+        return path
+
+    def remove_checkpoints(self, run: Run) -> None:
+        shutil.rmtree(self.checkpoint_dir(run), ignore_errors=True)
+
+    # --------------------------------------------------------------------------------------------- runs
     def is_done(self, run: Run) -> bool:
         return self.metrics_file(run).is_file()
 
     def finished_runs(self) -> list[Run]:
+        """The finished runs found in the directory, by replicate, level and branch (the main line first)."""
         found = []
         for path in self.root.glob("replicate_*/*/level_*/metrics.json"):
             level_dir = path.parent
             found.append(Run(int(level_dir.parent.parent.name[10:]), level_dir.parent.name, int(level_dir.name[6:])))
-        return sorted(found, key=lambda r: (r.replicate, r.level, r.branch != "ticket", r.branch))
+        main = set(main_line_names())
+        return sorted(found, key=lambda r: (r.replicate, r.level, r.branch not in main, r.branch))
 
     def read_metrics(self, run: Run) -> dict[str, Any]:
         return read_json(self.metrics_file(run))
@@ -189,10 +223,14 @@ class ExperimentStore:
         self.write_results()
 
     def results(self) -> list[dict[str, Any]]:
-        """The rows of all finished runs, by replicate, level and branch (the main line first)."""
-        return [self.read_metrics(run) for run in self.finished_runs()]
+        """The rows of all finished runs; a directory holding only ``results.json`` (a copied table) gives that."""
+        runs = self.finished_runs()
+        if not runs and (self.root / "results.json").is_file():
+            return list(read_json(self.root / "results.json"))
+        return [self.read_metrics(run) for run in runs]
 
     def write_results(self) -> None:
+        """``results.json``, ``results.csv`` and ``layers.csv`` from the finished runs."""
         rows = self.results()
         write_json(self.root / "results.json", rows)
         atomic_write_bytes(self.root / "results.csv", _csv(rows, RESULT_COLUMNS).encode())
@@ -201,16 +239,16 @@ class ExperimentStore:
             for r in rows
             for name, vals in r.get("layers", {}).items()
         ]
-        atomic_write_bytes(
-            self.root / "layers.csv",
-            _csv(layer_rows, ("branch", "replicate", "level", "layer", "alive", "total", "remaining")).encode(),
-        )
+        atomic_write_bytes(self.root / "layers.csv", _csv(layer_rows, LAYER_COLUMNS).encode())
 
     def write_aggregate(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """``aggregate.csv``: mean, std and 95% CI over replicates per branch and level."""
         from lightning_lottery.aggregate import write_aggregate
 
         write_aggregate(rows, self.root / "aggregate.csv")
+
+    def has_aggregate(self) -> bool:
+        return (self.root / "aggregate.csv").is_file()
 
     # the W&B summary run is logged once per set of results
     def summary_logged(self) -> bool:
@@ -236,10 +274,9 @@ def _first_difference(old: Any, new: Any, path: str = "") -> str:
         for key in sorted(set(old) | set(new)):
             here = f"{path}.{key}" if path else str(key)
             if key not in old:
-                return (f"{here}: not in the stored configuration, now {new[key]!r} (a setting added since the "
-                        "experiment started, e.g. by a newer version: the code that started it can finish it)")
+                return f"{here}: not set (default) in the stored experiment, now {new[key]!r}"
             if key not in new:
-                return f"{here}: was {old[key]!r}, not set now"
+                return f"{here}: was {old[key]!r}, now at its default"
             if old[key] != new[key]:
                 return _first_difference(old[key], new[key], here)
         return "no difference found"

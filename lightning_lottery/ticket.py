@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_lottery.masks import Mask, MaskError, atomic_write_bytes, check_fits, read_safetensors
+from lightning_lottery.atomic import atomic_write_bytes
+from lightning_lottery.masks import Mask, MaskError, check_fits, read_safetensors
 
 
 @dataclass

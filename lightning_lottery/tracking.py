@@ -23,16 +23,18 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+
+from lightning_lottery.result import SUMMARY_KEYS, RunResult
 
 if TYPE_CHECKING:
-    from lightning.pytorch.loggers import WandbLogger
+    from lightning.pytorch.loggers import Logger, WandbLogger
 
-    from lightning_lottery.scheduler import LevelInfo
+    from lightning_lottery.store import LevelInfo
 
-#: The metrics of a level that go to every logger and to the W&B run summary.
-SUMMARY_KEYS = ("remaining", "test_acc", "test_loss", "early_stop_iter", "early_stop_test_acc", "min_val_loss",
-                "best_val_acc", "steps", "wall_s")
+#: A function of the run's :class:`~lightning_lottery.store.LevelInfo` returning its logger(s) (``False``: none).
+LoggerFactory = Callable[["LevelInfo"], Union["Logger", list["Logger"], bool]]
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,39 @@ class WandbTracker:
             run.summary.update({"levels": len({r["level"] for r in rows}), "runs": len(rows)})
         finally:
             run.finish()
+
+
+def make_loggers(factory: LoggerFactory | bool | None, info: LevelInfo, tracker: WandbTracker | None) -> list[Logger]:
+    """The loggers of one run: ``None``/``True`` a CSV logger in the run's directory, ``False`` none, else what the
+    factory makes; plus the run's W&B logger when tracking is on."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    if factory is None or factory is True:
+        loggers: list[Logger] = [CSVLogger(save_dir=str(info.directory), name="logs", version="")]
+    elif factory is False:
+        loggers = []
+    else:
+        made = factory(info)
+        loggers = [] if made is False else list(made) if isinstance(made, (list, tuple)) else [made]  # type: ignore[list-item]
+    if tracker is not None:
+        loggers.append(tracker.logger(info))
+    return loggers
+
+
+def publish_result(loggers: Sequence[Logger], result: RunResult, ticket_path: Path | None,
+                   tracker: WandbTracker | None) -> None:
+    """Every logger of a run receives its results (``lottery/<key>``); its W&B run also gets the ticket, then
+    finishes."""
+    metrics = {f"lottery/{k}": v for k, v in result.summary().items()}
+    for logger in loggers:
+        logger.log_metrics(metrics, step=result.steps)
+        logger.save()
+    if tracker is not None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        for logger in loggers:
+            if isinstance(logger, WandbLogger):
+                tracker.finish_level(logger, result.to_dict(), ticket_path)
 
 
 def run_name(branch: str, level: int, remaining: float, replicate: int = 0) -> str:

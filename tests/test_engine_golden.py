@@ -54,6 +54,15 @@ def _same(recorded: str, now: str) -> bool:
         return False
 
 
+def test_the_main_line_comes_first_in_the_results_table(tmp_path):
+    """``results.csv`` lists each level's main line before its controls, whatever the main line is called (the
+    engine before the redesign put ``weights_rewind`` after ``random_mask``)."""
+    rows = _run("weights_controls", tmp_path / "exp")["rows"]
+    assert [(r["level"], r["branch"]) for r in rows] == [
+        ("0", "weights_rewind"), ("1", "weights_rewind"), ("1", "random_mask"), ("1", "random_reinit"),
+        ("2", "weights_rewind"), ("2", "random_mask"), ("2", "random_reinit")]
+
+
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_results_match_the_engine_before_the_redesign(tmp_path, name):
     result = _run(name, tmp_path / name)
@@ -65,8 +74,11 @@ def test_results_match_the_engine_before_the_redesign(tmp_path, name):
         pytest.skip("recorded")
     expected = json.loads(GOLDEN.read_text())[name]
     assert result["masks"] == expected["masks"]
-    assert len(result["rows"]) == len(expected["rows"])
-    for got, want in zip(result["rows"], expected["rows"]):
+    key = lambda row: (row["replicate"], row["level"], row["branch"])  # noqa: E731
+    got_rows = {key(row): row for row in result["rows"]}
+    assert sorted(got_rows) == sorted(key(row) for row in expected["rows"])
+    for want in expected["rows"]:
+        got = got_rows[key(want)]
         assert set(got) >= set(want), f"columns lost: {set(want) - set(got)}"
         different = {k: (want[k], got[k]) for k in want if not _same(want[k], got[k])}
         assert not different, f"{want['branch']} level {want['level']} r{want['replicate']}: {different}"

@@ -1,0 +1,108 @@
+"""The only module that touches Lightning's private API, each use behind one named function.
+
+``tests/test_compat.py`` has one test per private name relied on here, so a Lightning release that renames or
+removes one fails there, with :class:`LightningCompatError` naming it, and not later as a wrong step count.
+Tested with the ``lightning`` versions admitted by ``pyproject.toml`` (the upper bound is the newest one tested).
+
+Example:
+    >>> from lightning_lottery import _compat
+    >>> import lightning.pytorch as pl
+    >>> trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    ...                      enable_model_summary=False)
+    >>> _compat.is_spawn_launcher(trainer.strategy.launcher)
+    False
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning
+import lightning.pytorch as pl
+from lightning.pytorch.strategies import DDPStrategy
+from typing_extensions import override
+
+__all__ = ["LightningCompatError", "ddp_settings", "is_spawn_launcher", "override", "rebuild_ddp", "set_loop_position"]
+
+
+class LightningCompatError(RuntimeError):
+    """This version of Lightning lacks a private name lightning-lottery relies on."""
+
+
+def _missing(what: str, err: Exception) -> LightningCompatError:
+    return LightningCompatError(
+        f"lightning {lightning.__version__} has no {what} ({err}); lightning-lottery relies on it: install a "
+        "lightning version admitted by lightning-lottery's requirements")
+
+
+def _spawn_launcher_class() -> type:
+    try:
+        from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+    except ImportError as err:
+        raise _missing("lightning.pytorch.strategies.launchers.multiprocessing._MultiProcessingLauncher", err) from err
+    return _MultiProcessingLauncher
+
+
+def is_spawn_launcher(launcher: object) -> bool:
+    """Whether a strategy's launcher spawns worker processes per fit (``ddp_spawn``, ``ddp_fork``, ...)."""
+    return isinstance(launcher, _spawn_launcher_class())
+
+
+#: DDPStrategy constructor arguments → the private attributes they are kept in.
+_DDP_ATTRIBUTES = {
+    "process_group_backend": "_process_group_backend",
+    "timeout": "_timeout",
+    "ddp_comm_state": "_ddp_comm_state",
+    "ddp_comm_hook": "_ddp_comm_hook",
+    "ddp_comm_wrapper": "_ddp_comm_wrapper",
+    "model_averaging_period": "_model_averaging_period",
+}
+
+
+def ddp_settings(strategy: DDPStrategy) -> dict[str, Any]:
+    """The user's settings of a DDP strategy, as ``DDPStrategy`` constructor arguments (``torch``'s
+    ``DistributedDataParallel`` keyword arguments included), to rebuild it in already started processes.
+
+    Raises ``ValueError`` for settings that cannot be carried over: a custom ``checkpoint_io`` or cluster
+    environment, or a subclass of ``DDPStrategy`` (its behaviour would be lost).
+    """
+    if type(strategy).__name__ not in ("DDPStrategy",) or not isinstance(strategy, DDPStrategy):
+        raise ValueError(f"cannot run a {type(strategy).__name__} in the experiment's worker processes: only "
+                         "Lightning's own DDPStrategy settings can be carried over; use strategy='ddp' instead")
+    try:
+        settings = {arg: getattr(strategy, attr) for arg, attr in _DDP_ATTRIBUTES.items()}
+        kwargs = dict(strategy._ddp_kwargs)
+    except AttributeError as err:
+        raise _missing("DDPStrategy attribute", err) from err
+    if getattr(strategy, "_checkpoint_io", None) is not None:
+        raise ValueError("a custom checkpoint_io of the DDP strategy cannot be carried into the experiment's "
+                         "worker processes; use strategy='ddp'")
+    return {**settings, **kwargs}
+
+
+def rebuild_ddp(settings: Mapping[str, Any]) -> DDPStrategy:
+    """A DDP strategy with ``settings`` that joins processes which exist already (no launcher of its own)."""
+    return DDPStrategy(start_method="popen", **settings)
+
+
+def set_loop_position(trainer: pl.Trainer, step: int, epoch: int) -> None:
+    """Make the fit loop continue from optimizer step ``step`` in epoch ``epoch`` (as a checkpoint restore does)."""
+    if step == 0 and epoch == 0:
+        return
+    try:
+        epoch_loop = trainer.fit_loop.epoch_loop
+        if trainer.lightning_module.automatic_optimization:
+            tracker = epoch_loop.automatic_optimization.optim_progress.optimizer.step.total
+        else:
+            tracker = epoch_loop.manual_optimization.optim_step_progress.total
+        batches = epoch_loop.batch_progress.total  # step-based validation (val_check_interval) counts these
+        epochs = (trainer.fit_loop.epoch_progress.current, trainer.fit_loop.epoch_progress.total)
+        epoch_loop._batches_that_stepped  # noqa: B018 - checked before anything is changed
+    except AttributeError as err:
+        raise _missing("fit-loop progress counter", err) from err
+    tracker.ready = tracker.completed = step
+    epoch_loop._batches_that_stepped = step
+    batches.ready = batches.started = batches.processed = batches.completed = step * trainer.accumulate_grad_batches
+    for progress in epochs:
+        progress.ready = progress.started = progress.processed = progress.completed = epoch

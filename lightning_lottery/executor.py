@@ -1,0 +1,207 @@
+"""One run of an experiment: callbacks, ``Trainer``, fit, the tests at the end and at the early-stopping iteration.
+
+:class:`Executor` knows nothing of levels, branches or files beyond the run's own directory: it is handed the
+mask and the state to start from, trains, tests, and returns a :class:`Trained` with the typed
+:class:`~lightning_lottery.result.RunResult`. Under a multi-process strategy every rank calls it in step.
+
+Events: an ``on_event(name, run)`` function, when given, is called at ``trainer_made``, ``fit_start``,
+``fit_end``, ``test_start`` and ``test_end`` (the early-stop test included); the scheduler adds ``run_start``,
+``prune_start``, ``prune_end`` and ``run_end``. ``benchmarks/run.py`` times the phases of a level with them.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.strategies import Strategy
+
+from lightning_lottery import distributed
+from lightning_lottery._compat import override
+from lightning_lottery.callback import LotteryTicket, capture_state
+from lightning_lottery.config import LotteryConfig
+from lightning_lottery.masks import Mask, count_alive, count_total, layer_counts, remaining
+from lightning_lottery.plan import Run
+from lightning_lottery.result import RunResult
+from lightning_lottery.rewind import RewindState, cpu_copy
+from lightning_lottery.store import LevelInfo
+
+__all__ = ["Executor", "Trained", "ValidationHistory"]
+
+EventHandler = Callable[[str, Run], None]
+
+
+class ValidationHistory(Callback):
+    """Records ``(step, val_loss, val_acc)`` at every validation and a CPU copy of the model's state at the best
+    one (the early-stopping iteration); both are part of the checkpoint, so they survive a resume.
+
+    A copy in memory costs one CPU copy of the state dict per improvement of the validation loss, where a
+    checkpoint file would be a write of the model, optimizer and callback states each time.
+
+    Example:
+        >>> history = ValidationHistory()
+        >>> history.history, history.best(), history.best_weights
+        ([], None, None)
+    """
+
+    def __init__(self, monitor: str = "val_loss", accuracy: str = "val_acc") -> None:
+        self.monitor, self.accuracy = monitor, accuracy
+        self.history: list[dict[str, float]] = []
+        self.best_weights: dict[str, torch.Tensor] | None = None
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(monitor=self.monitor)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history, "best_weights": self.best_weights}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict["history"])
+        self.best_weights = state_dict.get("best_weights")
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        row = {"step": trainer.global_step, self.monitor: float(trainer.callback_metrics[self.monitor])}
+        if self.accuracy in trainer.callback_metrics:
+            row[self.accuracy] = float(trainer.callback_metrics[self.accuracy])
+        self.history.append(row)
+        if self.best() is row:
+            self.best_weights = cpu_copy(pl_module.state_dict())
+
+    def best(self) -> dict[str, float] | None:
+        """The entry with the smallest monitored value (the earliest one on ties)."""
+        return min(self.history, key=lambda r: r[self.monitor]) if self.history else None
+
+
+@dataclass
+class Trained:
+    """What a run leaves behind: its result, the rewind point of its fit, its final state when asked for, and its
+    loggers (still open: the scheduler logs the result and closes them)."""
+
+    result: RunResult
+    rewind_point: RewindState
+    final_state: RewindState | None = None
+    loggers: list[Logger] = field(default_factory=list)
+
+
+class Executor:
+    """Trains and tests one run with a fresh ``Trainer`` built from ``trainer_kwargs``.
+
+    Args:
+        model: the ``LightningModule`` (trained in place).
+        datamodule: the ``LightningDataModule``.
+        config: the experiment's settings (rewind point, prunable patterns, validation and checkpoint cadence).
+        trainer_kwargs: ``Trainer`` arguments of every run; the user's callbacks are deep-copied per run.
+        on_event: called with ``(event, run)`` at the phases listed in the module docstring.
+
+    ``worker_strategy``, when set (inside ``ddp_spawn``'s workers), builds each run's strategy.
+    """
+
+    def __init__(self, model: pl.LightningModule, datamodule: pl.LightningDataModule, config: LotteryConfig,
+                 trainer_kwargs: Mapping[str, Any], on_event: EventHandler | None = None) -> None:
+        self.model, self.datamodule, self.config = model, datamodule, config
+        self.trainer_kwargs = dict(trainer_kwargs)
+        self.on_event = on_event
+        self.worker_strategy: Callable[[], Strategy] | None = None
+
+    def emit(self, event: str, run: Run) -> None:
+        if self.on_event is not None:
+            self.on_event(event, run)
+
+    def execute(self, run: Run, mask: Mask, start: RewindState | None, *, seed: int, max_steps: int | None,
+                info: LevelInfo, loggers: list[Logger], progress: Callback, keep_final_state: bool) -> Trained:
+        """Fit ``run`` from ``start`` (``None``: the model as it is) with ``mask``, resuming its checkpoint if one
+        exists; test the final weights and those at the early-stopping iteration."""
+        cfg = self.config
+        began = time.perf_counter()
+        lottery = LotteryTicket(mask, rewind_to=cfg.rewind_to, include=cfg.include, exclude=cfg.exclude,
+                                rewind_point=start)
+        lottery.level = run.level
+        history = ValidationHistory()
+        ckpt_dir = info.directory / "checkpoints"
+        every = cfg.checkpoint_every_n_steps or (10 * cfg.val_every_n_steps if cfg.val_every_n_steps else None)
+        last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, every_n_train_steps=every,
+                               enable_version_counter=False)
+        trainer = self._trainer(info, [lottery, history, last, progress], loggers, max_steps)
+        self.emit("trainer_made", run)
+
+        pl.seed_everything(seed, workers=True, verbose=False)
+        resume = ckpt_dir / "last.ckpt"
+        ckpt_path = distributed.broadcast(str(resume) if resume.is_file() else None)
+        self.emit("fit_start", run)
+        trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, weights_only=True)
+        self.emit("fit_end", run)
+        if trainer.interrupted:
+            raise KeyboardInterrupt(f"{run} was interrupted; rerun the same command to resume it")
+        rewind_point = lottery.rewind_point
+        assert rewind_point is not None
+        final_state = capture_state(trainer, self.model) if keep_final_state and distributed.is_main() else None
+        test = self._test(trainer, run)
+        best, val_history = history.best(), list(history.history)
+        if distributed.broadcast(best is not None and best["step"] == trainer.global_step):
+            early = test  # the early-stopping iteration is the last one: the same weights
+        else:
+            early = self._test_weights(trainer, run, history.best_weights) if history.best_weights is not None else {}
+        result = RunResult(
+            branch=run.branch, replicate=run.replicate, seed=seed, level=run.level,
+            remaining=remaining(mask), alive=count_alive(mask), total=count_total(mask),
+            test_acc=test.get("test_acc"), test_loss=test.get("test_loss"),
+            early_stop_iter=best["step"] if best else None, early_stop_test_acc=early.get("test_acc"),
+            min_val_loss=best["val_loss"] if best else None,
+            best_val_acc=max((r.get("val_acc", float("nan")) for r in val_history), default=None),
+            steps=trainer.global_step, wall_s=round(time.perf_counter() - began, 3),
+            rewind_step=rewind_point.step, layers=layer_counts(mask), val_history=val_history,
+        )
+        return Trained(result, rewind_point, final_state, loggers)
+
+    def _trainer(self, info: LevelInfo, own: list[Callback], loggers: list[Logger], max_steps: int | None
+                 ) -> pl.Trainer:
+        cfg = self.config
+        kwargs = dict(self.trainer_kwargs)
+        user_callbacks = kwargs.pop("callbacks", None) or []
+        if isinstance(user_callbacks, Callback):
+            user_callbacks = [user_callbacks]
+        # ours first: user callbacks see the rewound, masked model in their hooks
+        kwargs["callbacks"] = own + [copy.deepcopy(c) for c in user_callbacks]
+        kwargs["default_root_dir"] = str(info.directory)
+        kwargs["enable_checkpointing"] = True
+        kwargs["logger"] = loggers if loggers else False
+        if cfg.val_every_n_steps is not None:
+            kwargs["val_check_interval"] = cfg.val_every_n_steps
+            kwargs["check_val_every_n_epoch"] = None
+            if kwargs.get("num_sanity_val_steps") is None:
+                kwargs["num_sanity_val_steps"] = 0
+        if max_steps is not None:  # a later level trains to the same final step as level 0
+            kwargs["max_steps"] = max_steps
+            kwargs["max_epochs"] = -1
+        if self.worker_strategy is not None:  # inside ddp_spawn's workers: the processes exist, join them
+            kwargs["strategy"] = self.worker_strategy()
+        return pl.Trainer(**kwargs)
+
+    def _test(self, trainer: pl.Trainer, run: Run) -> dict[str, float]:
+        self.emit("test_start", run)
+        results = trainer.test(self.model, datamodule=self.datamodule, verbose=False)
+        self.emit("test_end", run)
+        return {k: float(v) for k, v in (results[0] if results else {}).items()}
+
+    def _test_weights(self, trainer: pl.Trainer, run: Run, weights: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """Test the model with ``weights`` loaded, then give it its own weights back."""
+        own = cpu_copy(self.model.state_dict())
+        self.model.load_state_dict(weights)
+        try:
+            return self._test(trainer, run)
+        finally:
+            self.model.load_state_dict(own)

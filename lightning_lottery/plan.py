@@ -1,0 +1,128 @@
+"""The run plan of an experiment: its runs, what each run needs, the order they run in, and every seed.
+
+Pure data, no Lightning and no torch. A :class:`Run` is one ``Trainer.fit``: a (replicate, branch, level). The
+:class:`Plan` is the run graph: level L of the main line needs level L−1 (whose final weights give mask L);
+a control at level L needs the main line's mask L, i.e. the main line's run at level L−1; replicates are
+independent. :meth:`Plan.ready` says which runs can start given the finished ones, so an executor may run them
+in any order the graph allows; :meth:`Plan.runs` is the sequential order. :class:`Seeds` derives every seed.
+
+Example:
+    >>> from lightning_lottery.plan import Plan, Run
+    >>> plan = Plan(levels=2, replicates=1, main="ticket", controls=("random_mask",))
+    >>> [str(r) for r in plan.runs()][:3]
+    ['ticket level 0 (replicate 0)', 'ticket level 1 (replicate 0)', 'random_mask level 1 (replicate 0)']
+    >>> plan.needs(Run(0, "random_mask", 2))
+    (Run(replicate=0, branch='ticket', level=1),)
+    >>> [str(r) for r in plan.ready({Run(0, "ticket", 0)})]
+    ['ticket level 1 (replicate 0)', 'random_mask level 1 (replicate 0)']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, replace
+
+__all__ = ["Plan", "Run", "Seeds"]
+
+
+@dataclass(frozen=True, order=True)
+class Run:
+    """One training run of an experiment: a (replicate, branch, level)."""
+
+    replicate: int
+    branch: str
+    level: int
+
+    def with_branch(self, branch: str) -> Run:
+        return replace(self, branch=branch)
+
+    def next_level(self) -> Run:
+        return replace(self, level=self.level + 1)
+
+    def previous_level(self) -> Run:
+        return replace(self, level=self.level - 1)
+
+    def __str__(self) -> str:
+        return f"{self.branch} level {self.level} (replicate {self.replicate})"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The run graph of an experiment: ``replicates`` × (the main line's levels 0..``levels`` + ``controls`` at
+    every level ≥ 1).
+
+    Args:
+        levels: pruning levels after the dense level 0.
+        replicates: independent repetitions under other seeds.
+        main: the main line's branch name (it depends on the rewinding mode, see :mod:`lightning_lottery.branches`).
+        controls: the control branches trained with each level's mask, in the order they run.
+    """
+
+    levels: int
+    replicates: int
+    main: str
+    controls: tuple[str, ...] = ()
+
+    def runs(self) -> list[Run]:
+        """Every run in sequential execution order: per replicate, per level, the main line then the controls."""
+        out = []
+        for replicate in range(self.replicates):
+            for level in range(self.levels + 1):
+                out.append(Run(replicate, self.main, level))
+                if level > 0:
+                    out.extend(Run(replicate, branch, level) for branch in self.controls)
+        return out
+
+    def needs(self, run: Run) -> tuple[Run, ...]:
+        """The runs whose outputs ``run`` starts from (level 0 needs none)."""
+        if run.level == 0:
+            return ()
+        return (Run(run.replicate, self.main, run.level - 1),)
+
+    def ready(self, finished: Collection[Run], running: Collection[Run] = ()) -> list[Run]:
+        """The runs that are neither finished nor running and whose needs are all finished, in execution order."""
+        return [r for r in self.runs() if r not in finished and r not in running
+                and all(n in finished for n in self.needs(r))]
+
+    def is_main_line(self, run: Run) -> bool:
+        return run.branch == self.main
+
+    def main_run(self, replicate: int, level: int) -> Run:
+        return Run(replicate, self.main, level)
+
+
+@dataclass(frozen=True)
+class Seeds:
+    """Every seed of an experiment, derived from one seed per replicate (the only place seeds are made).
+
+    Example:
+        >>> from lightning_lottery.plan import Run, Seeds
+        >>> seeds = Seeds((0, 1))
+        >>> seeds.run(Run(1, "ticket", 2)), seeds.reinit(Run(1, "random_reinit", 2)), seeds.criterion(Run(0, "ticket", 3))
+        (1, 20001, 3)
+    """
+
+    replicate_seeds: Sequence[int]
+
+    def replicate(self, replicate: int) -> int:
+        """The seed of a replicate: θ0 of replicates after the first is the model's initializer under it."""
+        return int(self.replicate_seeds[replicate])
+
+    def run(self, run: Run) -> int:
+        """The global seed set before a run's fit (data order, dropout, augmentation)."""
+        return self.replicate(run.replicate)
+
+    def reinit(self, run: Run) -> int:
+        """The fresh initialization of the ``random_reinit`` control at ``run.level``."""
+        return self.replicate(run.replicate) + 10_000 * run.level
+
+    def random_mask(self, run: Run) -> int:
+        """The positions of the ``random_mask`` control at ``run.level``."""
+        return self.replicate(run.replicate) * 1000 + run.level + 500
+
+    def criterion(self, run: Run) -> int:
+        """The generator a (possibly random) criterion scores with when ``run`` prunes its final weights."""
+        return self.replicate(run.replicate) * 1000 + run.level
+
+    #: The generator of the one-shot control's criterion (level 0's weights are scored once per replicate).
+    oneshot_criterion: int = 0

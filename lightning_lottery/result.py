@@ -1,0 +1,73 @@
+"""``RunResult``: what one run measured — the one definition of the results' fields.
+
+The columns of ``results.csv``, the per-layer columns of ``layers.csv``, the keys of each run's ``metrics.json``
+and the W&B summary keys are all derived from :class:`RunResult`'s fields (their ``metadata``), never listed by
+hand elsewhere. Pure Python.
+
+Example:
+    >>> from lightning_lottery.result import RESULT_COLUMNS, SUMMARY_KEYS
+    >>> RESULT_COLUMNS[:4], "wall_s" in SUMMARY_KEYS, "layers" in RESULT_COLUMNS
+    (('branch', 'replicate', 'seed', 'level'), True, False)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+__all__ = ["LAYER_COLUMNS", "RESULT_COLUMNS", "SUMMARY_KEYS", "RunResult"]
+
+_COLUMN = {"column": True}
+_BOTH = {"column": True, "summary": True}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The results of one run (a row of ``results.csv`` plus its per-layer counts and validation history).
+
+    Fields marked ``column`` are the columns of ``results.csv`` (in this order); fields marked ``summary`` go to
+    every logger (as ``lottery/<key>``) and to the W&B run summary.
+    """
+
+    branch: str = field(metadata=_COLUMN)
+    replicate: int = field(metadata=_COLUMN)
+    seed: int = field(metadata=_COLUMN)
+    level: int = field(metadata=_COLUMN)
+    remaining: float = field(metadata=_BOTH)
+    alive: int = field(metadata=_COLUMN)
+    total: int = field(metadata=_COLUMN)
+    test_acc: Optional[float] = field(default=None, metadata=_BOTH)
+    test_loss: Optional[float] = field(default=None, metadata=_BOTH)
+    early_stop_iter: Optional[int] = field(default=None, metadata=_BOTH)
+    early_stop_test_acc: Optional[float] = field(default=None, metadata=_BOTH)
+    min_val_loss: Optional[float] = field(default=None, metadata=_BOTH)
+    best_val_acc: Optional[float] = field(default=None, metadata=_BOTH)
+    steps: int = field(default=0, metadata=_BOTH)
+    wall_s: float = field(default=0.0, metadata=_BOTH)
+    rewind_step: int = 0
+    layers: dict[str, dict[str, float]] = field(default_factory=dict)
+    val_history: list[dict[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row as ``metrics.json`` holds it."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, row: Mapping[str, Any]) -> RunResult:
+        """A result from a ``metrics.json`` row (keys this version does not know are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in row.items() if k in names})
+
+    def summary(self) -> dict[str, float]:
+        """The summary values that are set, as floats (what every logger receives)."""
+        return {k: float(getattr(self, k)) for k in SUMMARY_KEYS if getattr(self, k) is not None}
+
+
+#: The columns of ``results.csv``, in order.
+RESULT_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RunResult) if f.metadata.get("column"))
+#: The metrics of a run that go to every logger and to the W&B run summary.
+SUMMARY_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RunResult) if f.metadata.get("summary"))
+#: The columns of ``layers.csv`` (one row per run and prunable parameter).
+LAYER_COLUMNS: tuple[str, ...] = ("branch", "replicate", "level", "layer", "alive", "total", "remaining")
