@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -221,3 +222,61 @@ def test_publish_without_login_raises_one_line(experiment, monkeypatch, tmp_path
     message = str(err.value)
     assert "\n" not in message and "cannot publish the W&B report" in message
     assert ("offline" in message) if mode else ("offline" in message or "not logged in" in message)
+
+
+@pytest.fixture
+def weights_rewind_experiment(tmp_path) -> Path:
+    """``lottery.rewind: weights`` (main line ``weights_rewind``) with a ``random_mask`` control at levels ≥ 1; the
+    control's per-layer counts differ, so the per-layer figure shows which branch it is about."""
+    root = tmp_path / "wr_exp"
+    root.mkdir()
+    alive = {"weights_rewind": {0: 100, 1: 50, 2: 25}, "random_mask": {1: 80, 2: 64}}
+    rows = [{"branch": branch, "replicate": 0, "level": level, "remaining": n / 100, "alive": n, "total": 100,
+             "test_acc": 0.9 - 0.05 * level - (0.1 if branch == "random_mask" else 0.0),
+             "layers": {"fc.weight": {"alive": n, "total": 100, "remaining": n / 100}}}
+            for branch, levels in alive.items() for level, n in levels.items()]
+    config = {"model": {"class_path": "tests.conftest.TinyMLP"}, "data": {"class_path": "tests.conftest.TinyDataModule"},
+              "lottery": {"levels": 2, "rewind": "weights", "controls": ["random_mask"]}}
+    (root / "experiment.json").write_text(json.dumps({"id": "wr-0123abcd", "hash": "cd" * 32, "config": config}))
+    (root / "results.json").write_text(json.dumps(rows))
+    return root
+
+
+def test_the_main_branch_is_the_main_line_of_lottery_rewind(weights_rewind_experiment, monkeypatch):
+    from lightning_lottery.report import figures, load_experiment
+    from lightning_lottery.report.record import main_branch
+
+    record = load_experiment(weights_rewind_experiment)
+    assert main_branch(record) == "weights_rewind"
+    # the configured rewind mode decides, also when another main line's rows are present
+    assert main_branch(replace(record, rows=[*record.rows, {"branch": "ticket", "level": 0}])) == "weights_rewind"
+
+    plotted = []
+    original = figures._plot_layers
+
+    def spy(rows, branch, title):
+        fig = original(rows, branch, title)
+        plotted.append((branch, fig))
+        return fig
+
+    monkeypatch.setattr(figures, "_plot_layers", spy)
+    html_path = build_report(weights_rewind_experiment)
+    [(branch, fig)] = plotted
+    assert branch == "weights_rewind"
+    [ax] = fig.axes
+    assert ax.get_title() == "Weights remaining per layer (weights_rewind)"
+    [layer] = [line for line in ax.get_lines() if line.get_label() == "fc.weight"]
+    assert list(layer.get_xdata()) == [0, 1, 2] and list(layer.get_ydata()) == [100.0, 50.0, 25.0]
+    # the checklist counts the main line's operating points (3), not the control's (2)
+    assert "trade-off curve with 3 operating points" in html_path.read_text()
+
+
+def test_wandb_report_names_the_main_line(weights_rewind_experiment, monkeypatch):
+    pytest.importorskip("wandb_workspaces.reports.v2")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_ENTITY", raising=False)
+    report = build_wandb_report(weights_rewind_experiment, project="p")
+    spec = json.loads(report._to_model().model_dump_json(by_alias=True, exclude_none=True))
+    markdown = [b["content"] for b in spec["spec"]["blocks"] if b["type"] == "markdown-block"]
+    assert any("Sparsest weights_rewind: 25% of weights remaining, test accuracy 80.00%." in m for m in markdown)
+    assert not any("Sparsest random_mask" in m for m in markdown)

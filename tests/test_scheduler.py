@@ -130,20 +130,27 @@ def test_different_config_same_directory_is_an_error(tmp_path):
     assert json.loads((tmp_path / "experiment.json").read_text())["config"]["lottery"]["rate"] == 0.5
 
 
-def test_settings_added_or_removed_since_the_experiment_started_are_named(tmp_path):
-    """An experiment started by code with other settings (e.g. another version): the error names the key."""
+def test_settings_at_their_default_do_not_change_the_experiment(tmp_path):
+    """The identity holds only settings away from their defaults (OpenLTH's rule): naming a default changes
+    nothing, and an experiment stored before a setting existed (so without it) is still the same experiment."""
+    first = scheduler(tmp_path, levels=0)
+    first.run()
+    again = scheduler(tmp_path, levels=0, criterion="magnitude", scope="layerwise",
+                      trainer=dict(TRAINER, num_nodes=1, accumulate_grad_batches=1))
+    again.run()
+    assert again.experiment_id == first.experiment_id
+    stored = json.loads((tmp_path / "experiment.json").read_text())
+    assert "criterion" not in stored["identity"]["lottery"] and "num_nodes" not in stored["identity"]["trainer"]
+    assert stored["hash"] == config_hash(stored["identity"])
+
+
+def test_a_changed_setting_is_named(tmp_path):
     scheduler(tmp_path, levels=0).run()
-    path = tmp_path / "experiment.json"
-    stored = json.loads(path.read_text())
-    del stored["config"]["lottery"]["criterion"]
-    path.write_text(json.dumps({**stored, "hash": config_hash(stored["config"])}))  # as that code wrote it
-    with pytest.raises(ExperimentMismatchError, match=r"lottery\.criterion: not in the stored configuration, now "
-                                                      r"'magnitude' \(a setting added since the experiment started"):
-        scheduler(tmp_path, levels=0).run()
-    stored["config"]["lottery"].update(criterion="magnitude", old_setting=1)
-    path.write_text(json.dumps({**stored, "hash": config_hash(stored["config"])}))
-    with pytest.raises(ExperimentMismatchError, match=r"lottery\.old_setting: was 1, not set now"):
-        scheduler(tmp_path, levels=0).run()
+    with pytest.raises(ExperimentMismatchError, match=r"lottery\.criterion: not set \(default\) in the stored "
+                                                      r"experiment, now 'random'"):
+        scheduler(tmp_path, levels=0, criterion="random").run()
+    with pytest.raises(ExperimentMismatchError, match=r"lottery\.rate: was 0.5, now at its default"):
+        scheduler(tmp_path, levels=0, rate=0.2).run()
 
 
 def test_user_conv_bn_module_through_scheduler(tmp_path):
