@@ -539,7 +539,7 @@ def kept_tensors(variant: str, model: nn.Module, callbacks: Sequence[Any]) -> di
     out: dict[str, dict[str, Any]] = {}
     if variant == "lottery":
         cb = callbacks[0]
-        out["mask next to the weights (bool)"] = {**tensor_footprint([cb._masked_masks]), "follows_weights": True}
+        out["mask next to the weights (bool)"] = {**tensor_footprint([cb.device_masks]), "follows_weights": True}
         out["mask, CPU copy (bool)"] = {**tensor_footprint([cb.mask]), "follows_weights": False}
         out["rewind point (weights, buffers, optimizer state)"] = {
             **tensor_footprint([cb.rewind_point.state_dict() if cb.rewind_point else {}]), "follows_weights": False}
@@ -671,57 +671,26 @@ def timeline_callback() -> Any:
     return Timeline()
 
 
-def timed_classes() -> tuple[type, type]:
-    """A scheduler and a datamodule that timestamp their phases (benchmark-only subclasses; they rely on the
-    scheduler's private ``_run_one``, ``_make_trainer`` and ``_next_mask``)."""
-    from lightning_lottery import PruningScheduler
+def timed_classes() -> tuple[Any, type, Any]:
+    """The phases of a scheduler run, timestamped through public APIs only: the scheduler's ``on_event`` events
+    (``run_start``, ``trainer_made``, ``fit_start``/``fit_end``, ``test_start``/``test_end``,
+    ``prune_start``/``prune_end``, ``run_end``), a ``CheckpointIO`` plugin that times checkpoint writes and a
+    datamodule whose ``setup`` is timed."""
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
     from lightning_lottery.data import SyntheticImageDataModule
 
-    class TimedScheduler(PruningScheduler):
-        def _run_one(self, run: Any, progress: Any) -> dict[str, Any]:
-            _LEVEL["level"] = run.level
-            mark("run_start")
-            row = super()._run_one(run, progress)
-            mark("run_end")
-            return row
+    def on_event(event: str, run: Any) -> None:
+        _LEVEL["level"] = run.level
+        mark(event)
 
-        def _make_trainer(self, *a: Any, **k: Any) -> Any:
-            trainer = super()._make_trainer(*a, **k)
-            mark("trainer_made")
-            fit, test = trainer.fit, trainer.test
-
-            def timed_fit(*fa: Any, **fk: Any) -> Any:
-                mark("fit_call")
-                try:
-                    return fit(*fa, **fk)
-                finally:
-                    mark("fit_return")
-
-            def timed_test(*ta: Any, **tk: Any) -> Any:
-                mark("test_call")
-                try:
-                    return test(*ta, **tk)
-                finally:
-                    mark("test_return")
-
-            save = trainer.save_checkpoint
-
-            def timed_save(*sa: Any, **sk: Any) -> Any:
-                mark("ckpt_start")
-                try:
-                    return save(*sa, **sk)
-                finally:
-                    mark("ckpt_end")
-
-            trainer.fit, trainer.test, trainer.save_checkpoint = timed_fit, timed_test, timed_save
-            return trainer
-
-        def _next_mask(self, *a: Any, **k: Any) -> Any:
-            mark("prune_start")
+    class TimedCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, *a: Any, **k: Any) -> None:
+            mark("ckpt_start")
             try:
-                return super()._next_mask(*a, **k)
+                super().save_checkpoint(*a, **k)
             finally:
-                mark("prune_end")
+                mark("ckpt_end")
 
     class TimedData(SyntheticImageDataModule):
         def setup(self, stage: str | None = None) -> None:
@@ -729,7 +698,7 @@ def timed_classes() -> tuple[type, type]:
             super().setup(stage)
             mark("data_setup_end")
 
-    return TimedScheduler, TimedData
+    return on_event, TimedData, TimedCheckpointIO
 
 
 def _events(level: int) -> list[tuple[str, float]]:
@@ -762,8 +731,8 @@ def _pairs(events: list[tuple[str, float]], start: str, end: str, after: float =
 def level_breakdown(level: int) -> dict[str, float]:
     ev = _events(level)
     run_start, run_end = _first(ev, "run_start"), _last(ev, "run_end")
-    fit_call, fit_return = _first(ev, "fit_call"), _first(ev, "fit_return")
-    tests = _pairs(ev, "test_call", "test_return")
+    fit_call, fit_return = _first(ev, "fit_start"), _first(ev, "fit_end")
+    tests = _pairs(ev, "test_start", "test_end")
     prune_s = _pairs(ev, "prune_start", "prune_end")
     return {
         "wall_s": run_end - run_start,
@@ -780,11 +749,11 @@ def level_breakdown(level: int) -> dict[str, float]:
 def transition_breakdown(level: int) -> dict[str, float]:
     """From fit returning at ``level`` to the first training batch of ``level + 1``."""
     a, b = _events(level), _events(level + 1)
-    fit_return = _first(a, "fit_return")
+    fit_return = _first(a, "fit_end")
     run_end = _last(a, "run_end")
-    tests = _pairs(a, "test_call", "test_return", after=fit_return)
+    tests = _pairs(a, "test_start", "test_end", after=fit_return)
     prune_s = _pairs(a, "prune_start", "prune_end", after=fit_return)
-    run_start, fit_call = _first(b, "run_start"), _first(b, "fit_call")
+    run_start, fit_call = _first(b, "run_start"), _first(b, "fit_start")
     setup_fit, train_start, first = _first(b, "setup_fit"), _first(b, "train_start"), _first(b, "first_batch")
     data_setup = _pairs(b, "data_setup_start", "data_setup_end", after=fit_call, before=first)
     total = first - fit_return
@@ -824,7 +793,8 @@ def plain_fit(model: Any, datamodule: Any, steps: int, val_every: int, device: t
 
 def bench_level(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Alternate plain fits and 2-level scheduler runs (levels 0, 1, 2) of LeNet-300-100 on random data."""
-    TimedScheduler, TimedData = timed_classes()
+    on_event, TimedData, TimedCheckpointIO = timed_classes()
+    from lightning_lottery import PruningScheduler
     from lightning_lottery.models import LeNet300100
 
     steps, val_every, reps = args.level_steps, 100, args.level_reps
@@ -843,11 +813,12 @@ def bench_level(args: argparse.Namespace, device: torch.device) -> dict[str, Any
             log(f"level: scheduler run {rep + 1}/{reps} (levels 0-2, {steps} steps each)")
             TIMELINE.clear()
             _LEVEL["level"] = None
-            scheduler = TimedScheduler(
+            scheduler = PruningScheduler(
                 copy.deepcopy(base), data(), levels=2, rate=0.2, scope="layerwise", rewind_to="0it",
-                val_every_n_steps=val_every, out_dir=root, stream=None, wandb=None,
+                val_every_n_steps=val_every, out_dir=root, stream=None, wandb=None, on_event=on_event,
                 trainer_kwargs=dict(max_steps=steps, accelerator=device.type, devices=1, enable_progress_bar=False,
-                                    enable_model_summary=False, callbacks=[timeline_callback()]),
+                                    enable_model_summary=False, callbacks=[timeline_callback()],
+                                    plugins=[TimedCheckpointIO()]),
             )
             t0 = time.perf_counter()
             scheduler.run()

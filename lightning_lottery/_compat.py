@@ -20,10 +20,11 @@ from typing import Any
 
 import lightning
 import lightning.pytorch as pl
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy
 from typing_extensions import override
 
-__all__ = ["LightningCompatError", "ddp_settings", "is_spawn_launcher", "override", "rebuild_ddp", "set_loop_position"]
+__all__ = ["LightningCompatError", "batch_in_epoch", "ddp_settings", "is_spawn_launcher", "override", "rebuild_ddp", "set_loop_position"]
 
 
 class LightningCompatError(RuntimeError):
@@ -64,18 +65,21 @@ def ddp_settings(strategy: DDPStrategy) -> dict[str, Any]:
     """The user's settings of a DDP strategy, as ``DDPStrategy`` constructor arguments (``torch``'s
     ``DistributedDataParallel`` keyword arguments included), to rebuild it in already started processes.
 
-    Raises ``ValueError`` for settings that cannot be carried over: a custom ``checkpoint_io`` or cluster
-    environment, or a subclass of ``DDPStrategy`` (its behaviour would be lost).
+    Raises ``ValueError`` for settings that cannot be carried over: a custom ``checkpoint_io`` (Lightning's
+    default ``TorchCheckpointIO``, which the strategy creates on first use, is fine) or a subclass of
+    ``DDPStrategy`` (its behaviour would be lost). The cluster environment is not carried over either: the
+    rebuilt strategy gets the one its Trainer detects or is given in ``plugins``.
     """
-    if type(strategy).__name__ not in ("DDPStrategy",) or not isinstance(strategy, DDPStrategy):
+    if type(strategy) is not DDPStrategy:
         raise ValueError(f"cannot run a {type(strategy).__name__} in the experiment's worker processes: only "
                          "Lightning's own DDPStrategy settings can be carried over; use strategy='ddp' instead")
     try:
         settings = {arg: getattr(strategy, attr) for arg, attr in _DDP_ATTRIBUTES.items()}
         kwargs = dict(strategy._ddp_kwargs)
+        checkpoint_io = strategy._checkpoint_io  # None until first used
     except AttributeError as err:
         raise _missing("DDPStrategy attribute", err) from err
-    if getattr(strategy, "_checkpoint_io", None) is not None:
+    if checkpoint_io is not None and type(checkpoint_io) is not TorchCheckpointIO:
         raise ValueError("a custom checkpoint_io of the DDP strategy cannot be carried into the experiment's "
                          "worker processes; use strategy='ddp'")
     return {**settings, **kwargs}
@@ -106,3 +110,12 @@ def set_loop_position(trainer: pl.Trainer, step: int, epoch: int) -> None:
     batches.ready = batches.started = batches.processed = batches.completed = step * trainer.accumulate_grad_batches
     for progress in epochs:
         progress.ready = progress.started = progress.processed = progress.completed = epoch
+
+
+def batch_in_epoch(trainer: pl.Trainer) -> int:
+    """The index, within the current epoch, of the training batch about to run (Lightning counts it as "ready"
+    right after ``on_after_batch_transfer``)."""
+    try:
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+    except AttributeError as err:
+        raise _missing("fit-loop batch progress counter", err) from err

@@ -174,6 +174,12 @@ class LotteryTicket(Callback):
 
     # ----------------------------------------------------------------------------------------------- public
     @property
+    def device_masks(self) -> list[torch.Tensor]:
+        """During a fit: the masks of the parameters with pruned entries, on the weights' device (the only tensors
+        the callback keeps there; empty for a dense network)."""
+        return list(self._masked_masks)
+
+    @property
     def remaining(self) -> float:
         """Fraction of prunable weights alive under the current mask (1.0 before the first fit)."""
         self._take_handoff()

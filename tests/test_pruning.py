@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_lottery import pruning
+from lightning_lottery import selection
 from lightning_lottery.criteria import get_criterion
 from lightning_lottery.masks import apply_mask_, count_alive, count_total, ones_mask, prunable_parameters
 from lightning_lottery.pruning import PruningError, prune, prune_to, pruning_count, resolve_rates
@@ -52,9 +52,9 @@ SHAPES = {"conv.weight": (8, 3, 3, 3), "fc1.weight": (50, 72), "fc2.weight": (10
 @pytest.fixture
 def small_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     """Force the sampled-bracket path and the chunked tie search on small tensors."""
-    monkeypatch.setattr(pruning, "_DIRECT_LIMIT", 64)
-    monkeypatch.setattr(pruning, "_SAMPLE_SIZE", 1024)
-    monkeypatch.setattr(pruning, "_CHUNK", 16)
+    monkeypatch.setattr(selection, "_DIRECT_LIMIT", 64)
+    monkeypatch.setattr(selection, "_SAMPLE_SIZE", 1024)
+    monkeypatch.setattr(selection, "_CHUNK", 16)
 
 
 # ---------------------------------------------------------------------------------------- pruning_count
@@ -534,7 +534,12 @@ def test_cuda_masks_stay_on_cuda_and_match_cpu() -> None:
         assert all(b[n].device.type == "cuda" and torch.equal(a[n], b[n].cpu()) for n in SHAPES)
 
 
-@pytest.mark.parametrize("module", ["masks", "criteria", "pruning"])
+#: The pure-torch modules, and the package modules they may import (themselves pure, checked below too).
+_TENSOR_MODULES = ["masks", "criteria", "pruning", "selection"]
+_PURE_INTERNAL = {"lightning_lottery.masks", "lightning_lottery.selection", "lightning_lottery.atomic"}
+
+
+@pytest.mark.parametrize("module", _TENSOR_MODULES)
 def test_tensor_modules_import_no_lightning(module: str) -> None:
     import ast
     import importlib
@@ -548,4 +553,19 @@ def test_tensor_modules_import_no_lightning(module: str) -> None:
     assert "torch" in imported
     assert not [m for m in imported if m.split(".")[0] in {"lightning", "pytorch_lightning", "torchmetrics"}]
     internal = {m for m in imported if m.startswith("lightning_lottery")}
-    assert internal <= {"lightning_lottery.masks"}
+    assert internal <= _PURE_INTERNAL
+
+
+def test_tensor_modules_do_not_load_lightning_transitively() -> None:
+    import subprocess
+    import sys
+
+    modules = sorted({f"lightning_lottery.{m}" for m in _TENSOR_MODULES} | _PURE_INTERNAL)
+    code = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in modules)
+        + "heavy = {'lightning', 'pytorch_lightning', 'torchmetrics'}\n"
+        + "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"importing {modules} loads {out.strip()}"

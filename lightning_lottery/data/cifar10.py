@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_lottery import _compat
 from lightning_lottery.data.augment import random_crop_flip
 from lightning_lottery.data.errors import DataNotFoundError
 from lightning_lottery.data.idx_images import CACHE_DIR
@@ -209,10 +210,7 @@ class CIFAR10DataModule(TensorDataModule):
         """A generator seeded from ``(seed, epoch, index of the batch in the epoch)``."""
         trainer = self.trainer
         assert trainer is not None
-        try:  # the batch about to run: Lightning counts it as "ready" right after this hook
-            index = int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
-        except AttributeError:  # pragma: no cover - other loop implementations
-            index = int(trainer.global_step)
+        index = _compat.batch_in_epoch(trainer)
         key = _epoch_seed(self.seed, trainer.current_epoch * 2**32 + index)
         return torch.Generator(device=device).manual_seed(key)
 
