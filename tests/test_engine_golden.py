@@ -18,6 +18,8 @@ from safetensors.torch import load_file
 
 from lightning_lottery.cli import main
 from lightning_lottery.masks import checksum
+from lightning_lottery.report import load_experiment
+from lightning_lottery.report.record import main_branch
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "recipes" / "lenet300_digits_smoke.yaml")
@@ -61,6 +63,11 @@ def test_the_main_line_comes_first_in_the_results_table(tmp_path):
     assert [(r["level"], r["branch"]) for r in rows] == [
         ("0", "weights_rewind"), ("1", "weights_rewind"), ("1", "random_mask"), ("1", "random_reinit"),
         ("2", "weights_rewind"), ("2", "random_mask"), ("2", "random_reinit")]
+    # the report of that experiment is about the main line, not a control
+    record = load_experiment(tmp_path / "exp")
+    assert main_branch(record) == "weights_rewind"
+    html = (tmp_path / "exp" / "report" / "report.html").read_text()
+    assert "trade-off curve with 3 operating points" in html
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
