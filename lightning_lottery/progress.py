@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
+from lightning_lottery._compat import override
+
 if TYPE_CHECKING:
     from lightning_lottery.plan import Run
 
@@ -92,6 +94,7 @@ class _RunProgress(Callback):
         self.progress = progress
         self.next_report = 0.25
 
+    @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         p = self.progress
         if p.stream is None or p.run is None or not trainer.max_steps or trainer.max_steps < 0:
