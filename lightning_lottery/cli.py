@@ -13,15 +13,20 @@ Unknown keys and invalid values are rejected before anything is written.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+import signal
 import sys
+import threading
 import warnings
-from collections.abc import Sequence
-from typing import Any, Optional
+from collections.abc import Iterator, Sequence
+from typing import Any, NoReturn, Optional
 
 import lightning.pytorch as pl
 import torch
+from argparse import ArgumentError
+
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from jsonargparse.typing import PositiveInt
 
@@ -30,16 +35,23 @@ from lightning_lottery.config import LotteryConfig
 from lightning_lottery.data.errors import DataNotFoundError
 from lightning_lottery.identity import cli_identity
 from lightning_lottery.masks import MaskError
+from lightning_lottery.preflight import PreflightError
 from lightning_lottery.pruning import PruningError
 from lightning_lottery.store import ExperimentMismatchError
 from lightning_lottery.tracking import WandbSettings
 
 #: Errors caused by the user's input or files: one line, no traceback.
-USER_ERRORS = (DataNotFoundError, MaskError, PruningError, ExperimentMismatchError, FileNotFoundError)
+USER_ERRORS = (DataNotFoundError, MaskError, PruningError, ExperimentMismatchError, FileNotFoundError,
+               PreflightError, OSError)
+
+
+class _RecipeError(ValueError):
+    """A recipe value the settings classes reject."""
 
 def build_parser() -> ArgumentParser:
     """The ``lightning-lottery`` parser with its subcommands."""
-    parser = ArgumentParser(prog="lightning-lottery", description="Find lottery tickets with PyTorch Lightning.")
+    parser = ArgumentParser(prog="lightning-lottery", description="Find lottery tickets with PyTorch Lightning.",
+                            **_STRICT)
     subcommands = parser.add_subcommands(required=True, dest="command")
     subcommands.add_subcommand("find", _recipe_parser("Train, prune and rewind, level by level; rerun to resume."),
                                help="run an iterative-magnitude-pruning experiment from a recipe")
@@ -51,8 +63,12 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+#: Parse errors are raised (and printed as one line by :func:`main`); no option is accepted by a prefix of its name.
+_STRICT: dict[str, Any] = {"exit_on_error": False, "allow_abbrev": False}
+
+
 def _recipe_parser(description: str) -> ArgumentParser:
-    parser = ArgumentParser(description=description)
+    parser = ArgumentParser(description=description, **_STRICT)
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML recipe")
     parser.add_subclass_arguments(pl.LightningModule, "model", required=True, help="the network (a LightningModule)")
     parser.add_subclass_arguments(pl.LightningDataModule, "data", required=True, help="the data (a LightningDataModule)")
@@ -63,11 +79,15 @@ def _recipe_parser(description: str) -> ArgumentParser:
     parser.add_argument("--quiet", type=bool, default=False, help="no progress lines or final table")
     parser.add_argument("--torch_num_threads", type=Optional[PositiveInt], default=None,
                         help="CPU threads for torch (1 is fastest for small models on few cores); default: torch's")
+    parser.add_argument("--dry_run", type=bool, default=False,
+                        help="check the recipe and print the prunable parameters, the run plan and the budget; "
+                             "train and write nothing")
     return parser
 
 
 def _report_parser() -> ArgumentParser:
-    parser = ArgumentParser(description="Write report.html and PNG figures from an experiment directory (no training).")
+    parser = ArgumentParser(description="Write report.html and PNG figures from an experiment directory (no training).",
+                            **_STRICT)
     parser.add_argument("experiment_dir", type=str, help="the experiment directory (lottery.out_dir)")
     parser.add_argument("--output_dir", type=Optional[str], default=None, help="default: EXPERIMENT_DIR/report")
     parser.add_argument("--wandb", type=bool, default=False, help="also publish the panels as a W&B Report")
@@ -80,8 +100,7 @@ def _settings(parser: ArgumentParser, cfg: Namespace) -> tuple[LotteryConfig, Wa
     try:
         return LotteryConfig(**cfg.lottery.as_dict()), WandbSettings(**cfg.wandb.as_dict())
     except (TypeError, ValueError) as err:
-        parser.error(str(err))
-        raise  # unreachable: parser.error exits
+        raise _RecipeError(str(err)) from None
 
 
 def _instantiate(parser: ArgumentParser, cfg: Namespace, seed: int) -> Namespace:
@@ -112,10 +131,11 @@ def run_find(parser: ArgumentParser, cfg: Namespace) -> int:
         identity=cli_identity(recipe),
         stream=None if cfg.quiet else sys.stderr,
     )
-    try:
+    if cfg.dry_run:
+        print(scheduler.preflight().describe())
+        return 0
+    with _interrupt_is_one_line():
         scheduler.run()
-    except USER_ERRORS as err:
-        parser.exit(2, f"lightning-lottery: error: {err}\n")
     if distributed.is_main():
         print(f"results: {scheduler.store.root / 'results.csv'}", file=sys.stderr)
     return 0
@@ -130,18 +150,15 @@ def run_retrain(parser: ArgumentParser, cfg: Namespace) -> int:
     try:
         ticket_path = resolve_ticket(cfg.ticket)
         callback = LotteryTicket(ticket=ticket_path, include=lottery.include, exclude=lottery.exclude)
-    except (USER_ERRORS + (RuntimeError,)) as err:
-        parser.exit(2, f"lightning-lottery: error: {err}\n")
+    except RuntimeError as err:  # a W&B artifact that cannot be fetched
+        raise _RecipeError(str(err)) from None
     init = _instantiate(parser, cfg, lottery.seed)
     kwargs = _trainer_kwargs(init.trainer)
     kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [callback]
     kwargs.setdefault("logger", False)
     kwargs["enable_checkpointing"] = False
     trainer = pl.Trainer(**kwargs)
-    try:
-        trainer.fit(init.model, datamodule=init.data)
-    except USER_ERRORS as err:
-        parser.exit(2, f"lightning-lottery: error: {err}\n")
+    trainer.fit(init.model, datamodule=init.data)
     results = trainer.test(init.model, datamodule=init.data, verbose=False)
     metrics = {k: round(float(v), 4) for k, v in (results[0] if results else {}).items()}
     print(f"ticket {ticket_path}: {100 * callback.remaining:.1f}% weights remaining, {metrics}")
@@ -157,7 +174,7 @@ def run_report(parser: ArgumentParser, cfg: Namespace) -> int:
 
     root = Path(cfg.experiment_dir)
     if not (root / "results.json").is_file():
-        parser.exit(2, f"lightning-lottery: error: {root} has no results.json (not an experiment directory?)\n")
+        raise FileNotFoundError(f"{root} has no results.json (not an experiment directory?)")
     html = build_report(root, cfg.output_dir)
     print(f"report: {html}")
     if cfg.wandb:
@@ -196,12 +213,72 @@ def _trainer_kwargs(trainer: Namespace) -> dict[str, Any]:
 _COMMANDS = {"find": run_find, "retrain": run_retrain, "report": run_report}
 
 
+@contextlib.contextmanager
+def _interrupt_is_one_line() -> Iterator[None]:
+    """Ctrl-C during training: Lightning shuts the fit down and exits 1; make that a ``KeyboardInterrupt``."""
+    interrupted = []
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
+    try:
+        yield
+    except SystemExit:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _parse_error(err: ArgumentError, argv: Sequence[str]) -> str:
+    """jsonargparse's message as one line, naming the recipe file when the recipe itself is the problem."""
+    message = _one_line(err)
+    recipe = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config", "-c")), None)
+    recipe = recipe or next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if message.startswith("Unexpected config") or message.startswith("Problems parsing config"):
+        what = "is empty" if message.startswith("Unexpected config") else f"is not YAML ({message.split(':', 1)[1].strip()})"
+        return f"recipe {recipe} {what}: a recipe is a YAML mapping with the sections model, data, trainer, lottery, wandb"
+    if "expected one argument" in message:
+        return f"{message} (a value that starts with '-' goes after '=': e.g. --lottery.rewind_to=VALUE)"
+    return message
+
+
+def _fail(message: str, command: str | None, code: int = 2) -> NoReturn:
+    hint = f" (see: lightning-lottery {command + ' ' if command else ''}--help)" if code == 2 else ""
+    print(f"lightning-lottery: error: {message}{hint}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _user_error(err: BaseException) -> str:
+    if isinstance(err, OSError) and not isinstance(err, FileNotFoundError) and err.filename:
+        return f"{err.strerror or err}: {err.filename}"
+    return _one_line(err)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``lightning-lottery`` console script."""
+    """Entry point of the ``lightning-lottery`` console script: every user error is one line on stderr (exit 2),
+    an interruption one line too (exit 130)."""
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    command = next((a for a in argv if a in _COMMANDS), None)
     parser = build_parser()
-    cfg = parser.parse_args(list(argv) if argv is not None else None)
-    sub_parser = parser._subcommands_action._name_parser_map[cfg.command]  # noqa: SLF001
-    return _COMMANDS[cfg.command](sub_parser, cfg[cfg.command])
+    try:
+        cfg = parser.parse_args(argv)
+        sub_parser = parser._subcommands_action._name_parser_map[cfg.command]  # noqa: SLF001
+        return _COMMANDS[cfg.command](sub_parser, cfg[cfg.command])
+    except ArgumentError as err:
+        _fail(_parse_error(err, argv), command)
+    except (*USER_ERRORS, _RecipeError) as err:
+        _fail(_user_error(err), command)
+    except KeyboardInterrupt:
+        _fail("interrupted; rerun the same command to resume where it stopped", None, code=130)
 
 
 if __name__ == "__main__":

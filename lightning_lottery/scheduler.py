@@ -25,6 +25,7 @@ from lightning_lottery.flops import costs_on_first_batch
 from lightning_lottery.identity import experiment_identity
 from lightning_lottery.masks import Mask, ones_mask, prunable_parameters, remaining
 from lightning_lottery.plan import Plan, Run, Seeds
+from lightning_lottery.preflight import Preflight, check_initialized, preflight
 from lightning_lottery.progress import ExperimentProgress, format_table
 from lightning_lottery.rewind import RewindState, cpu_copy, fresh_initialization
 from lightning_lottery.store import ExperimentStore, LevelInfo, config_hash
@@ -83,6 +84,7 @@ class PruningScheduler:
                  experiment_config: Mapping[str, Any] | None = None, identity: Mapping[str, Any] | None = None,
                  stream: TextIO | None = sys.stderr, on_event: EventHandler | None = None,
                  **overrides: Any) -> None:
+        check_initialized(model)
         config = config or LotteryConfig()
         self.config = LotteryConfig(**{**config.to_dict(), **overrides}) if overrides else config
         self.model, self.datamodule = model, datamodule
@@ -121,8 +123,15 @@ class PruningScheduler:
         """Every run of the experiment, in execution order."""
         return self.plan.runs()
 
+    def preflight(self, check_metrics: bool = True) -> Preflight:
+        """Check the experiment before anything is trained or written (:mod:`lightning_lottery.preflight`) and
+        describe what it would run; raises :class:`~lightning_lottery.preflight.PreflightError` on a mistake."""
+        return preflight(self.model, self.datamodule, self.config, self.trainer_kwargs, self.plan,
+                         check_metrics=check_metrics)
+
     def run(self) -> list[dict[str, Any]]:
         """Run (or finish) every run of the experiment; returns the results rows."""
+        self.preflight()
         return launch.launch(self)
 
     # ---------------------------------------------------------------------------------- the walk (every rank)
@@ -131,8 +140,17 @@ class PruningScheduler:
         # missing data fails here, before the directory is bound to this configuration
         distributed.on_main(self.datamodule.prepare_data)
         distributed.everywhere(lambda: self.datamodule.setup("fit"))
+        distributed.on_main(self.store.lock)  # one writer per directory, before anything is written (rank 0)
+        try:
+            return self._walk(main)
+        finally:
+            if main:
+                self.store.unlock()
+
+    def _walk(self, main: bool) -> list[dict[str, Any]]:
         self.experiment_id = distributed.on_main(
-            lambda: self.store.bind(self.identity, self.config.name, self.experiment_config))
+            lambda: self.store.bind(self.identity, self.config.name, self.experiment_config, self.plan.runs()))
+        distributed.on_main(lambda: self._prepare_directory())
         distributed.on_main(self._write_costs)
         if self.wandb is not None and main:
             self._start_tracking()
@@ -241,6 +259,14 @@ class PruningScheduler:
         self._say(f"[lottery] W&B {mode}: group {self.experiment_id} in project {self.wandb.project}"
                   + (f"; offline runs in {where} (upload later: wandb sync {where}/offline-run-*)"
                      if mode == "offline" else ""))
+
+    def _prepare_directory(self) -> None:
+        """Leftovers removed, finished runs verified (damaged ones and their dependents redone), tables rebuilt."""
+        if self.store.taken_over:
+            held = self.store.taken_over
+            self._say(f"[lottery] took over the lock of pid {held.get('pid')} on {held.get('host')} "
+                      f"(since {held.get('since')}; no longer running)")
+        self.store.prepare(self.plan, self.config.keep_checkpoints, self._say)
 
     def _write_costs(self) -> None:
         """Per-layer MACs per weight (for the report's theoretical speedup), measured once on one input."""
