@@ -167,3 +167,20 @@ def test_ctrl_c_is_one_line_and_the_rerun_resumes(tmp_path):
     last = err.strip().splitlines()[-1]
     assert last == "lightning-lottery: error: interrupted; rerun the same command to resume where it stopped"
     assert "Traceback" not in err
+
+
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import lightning_lottery.masks as masks
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(masks, "atomic_write_bytes", full)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["find", "--config", SMOKE, "--lottery.out_dir", str(tmp_path / "exp"), "--wandb.enabled", "false",
+              "--quiet", "true"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device: " in err and "mask.safetensors" in err, err
