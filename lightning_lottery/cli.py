@@ -21,6 +21,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, NoReturn, Optional
 
 import lightning.pytorch as pl
@@ -48,10 +49,26 @@ USER_ERRORS = (DataNotFoundError, MaskError, PruningError, ExperimentMismatchErr
 class _RecipeError(ValueError):
     """A recipe value the settings classes reject."""
 
+def _known_classes() -> str:
+    """The project's models and datamodules, for ``--help`` (importing them also makes their short names work)."""
+    import lightning_lottery.data as data
+    import lightning_lottery.models as models
+
+    def names(module: Any, base: type) -> str:
+        return ", ".join(sorted(n for n in dir(module) if isinstance(getattr(module, n), type)
+                                and issubclass(getattr(module, n), base) and getattr(module, n) is not base))
+
+    return (f"models: {names(models, pl.LightningModule)}; datamodules: {names(data, pl.LightningDataModule)} "
+            "(short names work: --model LeNet300100, --model.help LeNet300100)")
+
+
 def build_parser() -> ArgumentParser:
     """The ``lightning-lottery`` parser with its subcommands."""
+    from lightning_lottery import __version__
+
     parser = ArgumentParser(prog="lightning-lottery", description="Find lottery tickets with PyTorch Lightning.",
-                            **_STRICT)
+                            env_prefix="LIGHTNING_LOTTERY", **_STRICT)
+    parser.add_argument("--version", action="version", version=f"lightning-lottery {__version__}")
     subcommands = parser.add_subcommands(required=True, dest="command")
     subcommands.add_subcommand("find", _recipe_parser("Train, prune and rewind, level by level; rerun to resume."),
                                help="run an iterative-magnitude-pruning experiment from a recipe")
@@ -60,6 +77,8 @@ def build_parser() -> ArgumentParser:
     retrain.add_argument("--ticket", type=str, required=True,
                          help="ticket.safetensors, or a W&B artifact reference (wandb:ENTITY/PROJECT/NAME:ALIAS)")
     subcommands.add_subcommand("retrain", retrain, help="train a ticket again")
+    subcommands.add_subcommand("recipes", ArgumentParser(description="The packaged recipes, one line each.", **_STRICT),
+                               help="list the packaged recipes (run one with find --config NAME)")
     return parser
 
 
@@ -68,8 +87,9 @@ _STRICT: dict[str, Any] = {"exit_on_error": False, "allow_abbrev": False}
 
 
 def _recipe_parser(description: str) -> ArgumentParser:
-    parser = ArgumentParser(description=description, **_STRICT)
-    parser.add_argument("--config", action=ActionConfigFile, help="a YAML recipe")
+    parser = ArgumentParser(description=description, epilog=_known_classes(), **_STRICT)
+    parser.add_argument("-c", "--config", action=ActionConfigFile,
+                        help="a YAML recipe: a file, or the name of a packaged recipe (lightning-lottery recipes)")
     parser.add_subclass_arguments(pl.LightningModule, "model", required=True, help="the network (a LightningModule)")
     parser.add_subclass_arguments(pl.LightningDataModule, "data", required=True, help="the data (a LightningDataModule)")
     parser.add_class_arguments(pl.Trainer, "trainer", instantiate=False,
@@ -167,7 +187,6 @@ def run_retrain(parser: ArgumentParser, cfg: Namespace) -> int:
 
 def run_report(parser: ArgumentParser, cfg: Namespace) -> int:
     """Write the local report; with ``--wandb`` publish the W&B Report too."""
-    from pathlib import Path
 
     from lightning_lottery.report import build_report, publish_wandb_report
     from lightning_lottery.store import read_json
@@ -210,7 +229,50 @@ def _trainer_kwargs(trainer: Namespace) -> dict[str, Any]:
     return {k: (v.as_dict() if isinstance(v, Namespace) else v) for k, v in kwargs.items()}
 
 
-_COMMANDS = {"find": run_find, "retrain": run_retrain, "report": run_report}
+def run_recipes(parser: ArgumentParser, cfg: Namespace) -> int:
+    """Print the packaged recipes: name, then the ``# recipe:`` line of each (paper row, data, expected time)."""
+    found = packaged_recipes()
+    width = max(len(name) for name in found)
+    for name, path in found.items():
+        print(f"{name:<{width}}  {recipe_summary(path)}")
+    return 0
+
+
+def packaged_recipes() -> dict[str, Path]:
+    """The recipes shipped with the package (``lightning_lottery.recipes``), by name."""
+    from importlib.resources import files
+
+    folder = files("lightning_lottery.recipes")
+    return {Path(str(p)).stem: Path(str(p)) for p in sorted(folder.iterdir(), key=lambda p: p.name)
+            if p.name.endswith(".yaml")}
+
+
+def recipe_summary(path: Path) -> str:
+    """A recipe's ``# recipe:`` comment line (what it reproduces, its data, its expected time)."""
+    for line in path.read_text().splitlines():
+        if line.startswith("# recipe:"):
+            return line[len("# recipe:"):].strip()
+    return ""
+
+
+def _resolve_recipes(argv: list[str]) -> list[str]:
+    """``--config NAME`` (or ``-c NAME``) names a packaged recipe when NAME is not a file."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        value, prefix = None, ""
+        if arg in ("--config", "-c") and i + 1 < len(out):
+            value, at = out[i + 1], i + 1
+        elif arg.startswith("--config="):
+            value, at, prefix = arg.split("=", 1)[1], i, "--config="
+        if value is None or Path(value).exists():
+            continue
+        recipe = packaged_recipes().get(value[:-5] if value.endswith(".yaml") else value)
+        if recipe is not None:
+            out[at] = prefix + str(recipe)
+    return out
+
+
+_COMMANDS = {"find": run_find, "retrain": run_retrain, "report": run_report, "recipes": run_recipes}
 
 
 @contextlib.contextmanager
@@ -266,7 +328,7 @@ def _user_error(err: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lightning-lottery`` console script: every user error is one line on stderr (exit 2),
     an interruption one line too (exit 130)."""
-    argv = list(argv) if argv is not None else sys.argv[1:]
+    argv = _resolve_recipes(list(argv) if argv is not None else sys.argv[1:])
     command = next((a for a in argv if a in _COMMANDS), None)
     parser = build_parser()
     try:

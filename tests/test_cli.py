@@ -182,3 +182,25 @@ def test_report_retrain_and_wandb_reference_offline(tmp_path, capsys, monkeypatc
         main(["retrain", "--config", SMOKE, "--ticket", "wandb:me/proj/ticket:v0", "--trainer.max_steps", "5"])
     assert exit_info.value.code == 2
     assert "cannot fetch W&B artifact 'me/proj/ticket:v0'" in capsys.readouterr().err
+
+
+def test_packaged_recipe_by_name_and_short_class_names(tmp_path, capsys):
+    out = tmp_path / "exp"
+    assert main(["find", "-c", "lenet300_digits_smoke", "--lottery.out_dir", str(out), "--dry_run", "true"]) == 0
+    assert "net.fc1.weight" in capsys.readouterr().out
+    assert main(["find", "-c", "lenet300_digits_smoke.yaml", "--model", "LeNet300100", "--model.in_features", "64",
+                 "--data", "DigitsDataModule", "--lottery.out_dir", str(out), "--dry_run", "true"]) == 0
+    assert not out.exists()
+
+
+def test_recipes_version_and_help(capsys):
+    assert main(["recipes"]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("lenet300_fashion_mnist ") and "Fashion-MNIST" in line for line in listing)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == "lightning-lottery 0.1.0"
+    with pytest.raises(SystemExit):
+        main(["find", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "models: " in help_text and "LeNet300100" in help_text and "DigitsDataModule" in help_text
