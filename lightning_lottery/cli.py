@@ -36,6 +36,7 @@ from lightning_lottery.config import LotteryConfig
 from lightning_lottery.data.errors import DataNotFoundError
 from lightning_lottery.identity import cli_identity
 from lightning_lottery.masks import MaskError
+from lightning_lottery.optimizers import OPTIMIZER_BASES, SCHEDULER_BASES, use_recipe_optimizer
 from lightning_lottery.preflight import PreflightError
 from lightning_lottery.pruning import PruningError
 from lightning_lottery.store import ExperimentMismatchError
@@ -94,6 +95,13 @@ def _recipe_parser(description: str) -> ArgumentParser:
     parser.add_subclass_arguments(pl.LightningDataModule, "data", required=True, help="the data (a LightningDataModule)")
     parser.add_class_arguments(pl.Trainer, "trainer", instantiate=False,
                                skip={"enable_checkpointing", "default_root_dir"}, fail_untyped=False)
+    parser.add_subclass_arguments(OPTIMIZER_BASES, "optimizer", instantiate=False, fail_untyped=False,
+                                  skip={"params"}, required=False,
+                                  help="any torch.optim optimizer for the model's parameters (replaces the model's "
+                                       "configure_optimizers), e.g. --optimizer SGD --optimizer.lr 0.05")
+    parser.add_subclass_arguments(SCHEDULER_BASES, "lr_scheduler", instantiate=False, fail_untyped=False,
+                                  skip={"optimizer"}, required=False,
+                                  help="any torch.optim LR scheduler of --optimizer, e.g. --lr_scheduler StepLR")
     parser.add_class_arguments(LotteryConfig, "lottery", instantiate=False)
     parser.add_class_arguments(WandbSettings, "wandb", instantiate=False)
     parser.add_argument("--quiet", type=bool, default=False, help="no progress lines or final table")
@@ -128,7 +136,13 @@ def _instantiate(parser: ArgumentParser, cfg: Namespace, seed: int) -> Namespace
         torch.set_num_threads(cfg.torch_num_threads)
     _quiet_lightning_info()
     pl.seed_everything(seed, workers=True, verbose=False)  # θ0 depends on the seed
-    return parser.instantiate(cfg)
+    init = parser.instantiate(cfg)
+    section = lambda key: cfg[key].as_dict() if cfg.get(key) is not None else None  # noqa: E731
+    try:
+        use_recipe_optimizer(init.model, section("optimizer"), section("lr_scheduler"))
+    except ValueError as err:
+        raise _RecipeError(str(err)) from None
+    return init
 
 
 def run_find(parser: ArgumentParser, cfg: Namespace) -> int:

@@ -204,3 +204,31 @@ def test_recipes_version_and_help(capsys):
         main(["find", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "models: " in help_text and "LeNet300100" in help_text and "DigitsDataModule" in help_text
+
+
+def test_optimizer_and_lr_scheduler_from_the_command_line(tmp_path):
+    """LightningCLI's --optimizer / --lr_scheduler: any torch.optim class for any model."""
+    import torch
+
+    from lightning_lottery import cli as cli_module
+
+    parser = cli_module.build_parser()
+    args = ["find", "-c", SMOKE, "--optimizer", "RMSprop", "--optimizer.lr", "0.01", "--lr_scheduler", "StepLR",
+            "--lr_scheduler.step_size", "3"]
+    cfg = parser.parse_args(cli_module._resolve_recipes(args)).find
+    sub = parser._subcommands_action._name_parser_map["find"]
+    init = cli_module._instantiate(sub, cfg, 0)
+    configured = init.model.configure_optimizers()
+    assert isinstance(configured["optimizer"], torch.optim.RMSprop)
+    assert configured["optimizer"].defaults["lr"] == 0.01
+    assert isinstance(configured["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.StepLR)
+    plain = cli_module._instantiate(sub, parser.parse_args(["find", "-c", SMOKE]).find, 0)
+    assert isinstance(plain.model.configure_optimizers()["optimizer"], torch.optim.Adam)  # the model's own
+
+
+def test_a_scheduler_without_an_optimizer_is_one_line(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["find", "-c", SMOKE, "--lr_scheduler", "StepLR", "--lr_scheduler.step_size", "3",
+              "--lottery.out_dir", str(tmp_path / "exp")])
+    assert exit_info.value.code == 2
+    assert "lr_scheduler needs an optimizer section" in capsys.readouterr().err
