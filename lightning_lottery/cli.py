@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import os
 import signal
 import sys
 import threading
@@ -107,6 +108,8 @@ def _recipe_parser(description: str) -> ArgumentParser:
     parser.add_argument("--quiet", type=bool, default=False, help="no progress lines or final table")
     parser.add_argument("--torch_num_threads", type=Optional[PositiveInt], default=None,
                         help="CPU threads for torch (1 is fastest for small models on few cores); default: torch's")
+    parser.add_argument("--resume", type=Optional[str], default=None,
+                        help="an experiment directory: rerun its experiment from its experiment.json alone")
     parser.add_argument("--dry_run", type=bool, default=False,
                         help="check the recipe and print the prunable parameters, the run plan and the budget; "
                              "train and write nothing")
@@ -269,15 +272,42 @@ def recipe_summary(path: Path) -> str:
     return ""
 
 
+def _recorded_recipe(experiment_file: Path) -> Path:
+    """The resolved recipe recorded in an ``experiment.json``, as a YAML file to parse again."""
+    import tempfile
+
+    import yaml
+
+    from lightning_lottery.store import read_json
+
+    config = dict(read_json(experiment_file).get("config") or {})
+    if not config:
+        raise FileNotFoundError(f"{experiment_file} records no configuration")
+    config.pop("resume", None)
+    fd, name = tempfile.mkstemp(prefix="lightning-lottery-recipe-", suffix=".yaml")
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+    return Path(name)
+
+
 def _resolve_recipes(argv: list[str]) -> list[str]:
-    """``--config NAME`` (or ``-c NAME``) names a packaged recipe when NAME is not a file."""
+    """``--config NAME`` (or ``-c NAME``) names a packaged recipe when NAME is not a file; ``--config
+    DIR/experiment.json`` and ``--resume DIR`` read the recipe an experiment recorded."""
     out = list(argv)
+    if "--resume" in out[:-1]:
+        at = out.index("--resume")
+        directory = Path(out[at + 1])
+        out[at:at + 2] = ["--config", str(_recorded_recipe(directory / "experiment.json")),
+                          "--lottery.out_dir", str(directory)]
     for i, arg in enumerate(out):
         value, prefix = None, ""
         if arg in ("--config", "-c") and i + 1 < len(out):
             value, at = out[i + 1], i + 1
         elif arg.startswith("--config="):
             value, at, prefix = arg.split("=", 1)[1], i, "--config="
+        if value is not None and value.endswith(".json") and Path(value).is_file():
+            out[at] = prefix + str(_recorded_recipe(Path(value)))
+            continue
         if value is None or Path(value).exists():
             continue
         recipe = packaged_recipes().get(value[:-5] if value.endswith(".yaml") else value)

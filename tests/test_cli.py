@@ -232,3 +232,16 @@ def test_a_scheduler_without_an_optimizer_is_one_line(capsys, tmp_path):
               "--lottery.out_dir", str(tmp_path / "exp")])
     assert exit_info.value.code == 2
     assert "lr_scheduler needs an optimizer section" in capsys.readouterr().err
+
+
+def test_an_experiment_reruns_from_its_directory_alone(tmp_path, capsys):
+    out = tmp_path / "exp"
+    assert main(["find", "-c", SMOKE, "--lottery.out_dir", str(out), "--lottery.levels", "1", *FAST,
+                 "--wandb.enabled", "false"]) == 0
+    before = (out / "results.csv").read_text()
+    ticket = out / "replicate_0" / "ticket" / "level_01" / "metrics.json"
+    stamp = ticket.stat().st_mtime_ns
+    os.chdir(tmp_path / "..")  # from anywhere
+    assert main(["find", "--resume", str(out)]) == 0  # the recorded recipe: the same experiment, nothing retrained
+    assert main(["find", "--config", str(out / "experiment.json")]) == 0
+    assert ticket.stat().st_mtime_ns == stamp and (out / "results.csv").read_text() == before
