@@ -24,7 +24,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy
 from typing_extensions import override
 
-__all__ = ["LightningCompatError", "batch_in_epoch", "ddp_settings", "is_spawn_launcher", "override", "rebuild_ddp", "set_loop_position"]
+__all__ = ["LightningCompatError", "batch_in_epoch", "batches_done", "ddp_settings", "is_spawn_launcher", "override", "rebuild_ddp", "set_loop_position"]
 
 
 class LightningCompatError(RuntimeError):
@@ -90,9 +90,19 @@ def rebuild_ddp(settings: Mapping[str, Any]) -> DDPStrategy:
     return DDPStrategy(start_method="popen", **settings)
 
 
-def set_loop_position(trainer: pl.Trainer, step: int, epoch: int) -> None:
-    """Make the fit loop continue from optimizer step ``step`` in epoch ``epoch`` (as a checkpoint restore does)."""
-    if step == 0 and epoch == 0:
+def set_loop_position(trainer: pl.Trainer, step: int, epoch: int, batch: int = 0, batches: int | None = None) -> None:
+    """Make the fit loop continue from optimizer step ``step``, ``batch`` training batches into epoch ``epoch``, as
+    Lightning's restore of a mid-epoch checkpoint does: the epoch then runs only its remaining batches, so
+    ``max_epochs`` ends where it ended before. ``batches`` is the number of training batches done in all (it drives
+    step-based validation); ``None`` means ``step`` × ``accumulate_grad_batches``.
+
+    Called from ``on_train_start`` (after the fit loop's own reset). For ``batch > 0`` the epoch loop is marked as
+    restarting, which is how a checkpoint restore keeps ``batch_progress.current`` through the epoch loop's reset;
+    that reset then counts one more ``_batches_that_stepped`` (a checkpoint leaves the last one out), so it is set
+    one lower here. The data loader is not fast-forwarded (neither is a non-resumable one by a checkpoint restore):
+    the remaining batches of the epoch are drawn from its start, and Lightning says so in a ``PossibleUserWarning``.
+    """
+    if step == 0 and epoch == 0 and batch == 0:
         return
     try:
         epoch_loop = trainer.fit_loop.epoch_loop
@@ -100,16 +110,33 @@ def set_loop_position(trainer: pl.Trainer, step: int, epoch: int) -> None:
             tracker = epoch_loop.automatic_optimization.optim_progress.optimizer.step.total
         else:
             tracker = epoch_loop.manual_optimization.optim_step_progress.total
-        batches = epoch_loop.batch_progress.total  # step-based validation (val_check_interval) counts these
+        total_batches = epoch_loop.batch_progress.total  # step-based validation (val_check_interval) counts these
+        epoch_batches = epoch_loop.batch_progress.current
         epochs = (trainer.fit_loop.epoch_progress.current, trainer.fit_loop.epoch_progress.total)
         epoch_loop._batches_that_stepped  # noqa: B018 - checked before anything is changed
+        epoch_loop.restarting  # noqa: B018
     except AttributeError as err:
         raise _missing("fit-loop progress counter", err) from err
+    accumulate = trainer.accumulate_grad_batches
     tracker.ready = tracker.completed = step
     epoch_loop._batches_that_stepped = step
-    batches.ready = batches.started = batches.processed = batches.completed = step * trainer.accumulate_grad_batches
+    done = batches if batches is not None else step * accumulate
+    total_batches.ready = total_batches.started = total_batches.processed = total_batches.completed = done
     for progress in epochs:
         progress.ready = progress.started = progress.processed = progress.completed = epoch
+    if batch > 0:
+        epoch_batches.ready = epoch_batches.started = epoch_batches.processed = epoch_batches.completed = batch
+        if batch % accumulate == 0:  # the epoch loop's reset adds the step a checkpoint does not count yet
+            epoch_loop._batches_that_stepped = step - 1
+        epoch_loop.restarting = True
+
+
+def batches_done(trainer: pl.Trainer) -> int:
+    """The number of training batches completed so far in this fit's loop (all epochs)."""
+    try:
+        return int(trainer.fit_loop.epoch_loop.batch_progress.total.completed)
+    except AttributeError as err:
+        raise _missing("fit-loop batch progress counter", err) from err
 
 
 def batch_in_epoch(trainer: pl.Trainer) -> int:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 import uuid
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -12,11 +14,13 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from torch.utils.hooks import RemovableHandle
 
 from lightning_lottery import _compat, distributed, pruning
 from lightning_lottery._compat import override
 from lightning_lottery.criteria import get_criterion
-from lightning_lottery.masks import Mask, MaskError, check_fits, load_mask, ones_mask, prunable_parameters, remaining
+from lightning_lottery.masks import (ZERO_PRESERVING_OPTIMIZERS, Mask, MaskError, check_fits, load_mask,
+                                     mask_after_every_step, ones_mask, remaining, require_prunable, zero_pruned_)
 from lightning_lottery.rewind import RewindState, RewindStep, cpu_copy
 from lightning_lottery.ticket import Ticket, resolve_ticket
 
@@ -25,10 +29,12 @@ class LotteryTicket(Callback):
     r"""Train a masked network and keep the rewind point of a lottery-ticket search.
 
     During ``fit``: gradients of pruned weights are zeroed before every optimizer step and the weights are masked
-    in place after it, so pruned weights stay exactly ``0.0``. The training state at ``rewind_to`` (weights and
-    buffers, optimizer and LR-scheduler state) is copied to CPU. After :meth:`prune`, the next ``fit`` (of a fresh
-    or the same ``Trainer``) starts at the rewind point with the new mask: surviving weights equal θk, pruned
-    weights and their optimizer state are zero, and the step/epoch counters continue from k.
+    in place after every ``step()`` (skipped for the optimizers known to keep zeros), so pruned weights stay exactly
+    ``0.0``. The training state at ``rewind_to`` (weights and buffers, optimizer and LR-scheduler state, the position
+    in the epoch) is copied to CPU. After :meth:`prune`, the next ``fit`` of a **fresh** ``Trainer`` (the same one is
+    an error) starts at the rewind point with the new mask: surviving weights equal θk, pruned weights and their
+    optimizer state are zero, and the step/epoch/batch counters continue from k, so the fit ends where the previous
+    one ended. Resuming a checkpoint needs the same ``rewind_to``/``include``/``exclude`` (else an error naming both).
 
     Args:
         mask: starting mask (``{name: BoolTensor}``) or a mask/ticket file; all weights alive when ``None``.
@@ -79,16 +85,24 @@ class LotteryTicket(Callback):
         self._pending_rewind = self._rewind_point is not None
         self._masked_params: list[torch.Tensor] = []  # the prunable parameters with pruned entries...
         self._masked_masks: list[torch.Tensor] = []  # ...and their device masks (the same tensors, no copies)
-        self._mask_after_step: bool | None = None  # decided at the first optimizer step of a fit
+        self._mask_after_step: bool | None = None  # decided at on_train_start of a fit with pruned weights
         self._dense = True
-        self._stepped = False
+        self._step_hooks: list[RemovableHandle] = []  # optimizer step post-hooks of this fit (unknown optimizers)
+        self._trainers: weakref.WeakSet[pl.Trainer] = weakref.WeakSet()  # trainers that ran a fit with this callback
         # under ddp_spawn each fit runs in worker processes: rank 0 hands the state back through this file
         self._handoff = Path(tempfile.gettempdir()) / f"lightning-lottery-handoff-{uuid.uuid4().hex}.pt"
         self._owner_pid = os.getpid()
 
     def __getstate__(self) -> dict[str, Any]:
         self._take_handoff()  # pickled for the next spawned fit: carry what the last one learned
-        return self.__dict__.copy()
+        state = self.__dict__.copy()
+        state["_step_hooks"] = []  # live handles and weak references stay in this process
+        state["_trainers"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._trainers = weakref.WeakSet()
 
     @property
     def rewind_point(self) -> RewindState | None:
@@ -104,7 +118,9 @@ class LotteryTicket(Callback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(rewind_to=str(self.rewind_step))
+        """The class name: the same whatever the settings, so that a checkpoint's state is always found (the
+        settings it was written with are checked by :meth:`load_state_dict`)."""
+        return type(self).__qualname__
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -113,6 +129,8 @@ class LotteryTicket(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Adopt a checkpoint's state; ``ValueError`` naming both values if it was written with other settings."""
+        self._check_settings(state_dict)
         self.mask = state_dict["mask"]
         self.rewind_step = RewindStep.parse(state_dict["rewind_to"])
         rp = state_dict["rewind_point"]
@@ -121,7 +139,29 @@ class LotteryTicket(Callback):
         self._pending_rewind = bool(state_dict["pending_rewind"])
 
     @override
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Read the state of checkpoints written before :attr:`state_key` stopped depending on ``rewind_to``."""
+        states = checkpoint.get("callbacks") or {}
+        legacy = [k for k in states if isinstance(k, str) and k.startswith(f"{self.state_key}{{")]
+        if self.state_key in states:
+            return
+        if len(legacy) > 1:
+            raise ValueError(f"the checkpoint holds {len(legacy)} {type(self).__name__} states ({legacy}): "
+                             "cannot tell which one to resume")
+        if legacy:
+            self.load_state_dict(copy.deepcopy(states[legacy[0]]))
+
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if sum(isinstance(cb, LotteryTicket) for cb in trainer.callbacks) > 1:
+            raise RuntimeError("the Trainer has several LotteryTicket callbacks: use one LotteryTicket per Trainer")
+        if self._pending_rewind and trainer in self._trainers:
+            raise RuntimeError(
+                "this Trainer already ran a fit with this LotteryTicket: its loops are finished, so the next level "
+                "would train 0 batches from the trained weights. Create a fresh Trainer for each fit (level)."
+            )
+        self._trainers.add(trainer)
+        self._remove_step_hooks()
         self._attach(pl_module)
 
     @override
@@ -131,6 +171,10 @@ class LotteryTicket(Callback):
             distributed.check_same_mask(self.mask)
         if self._pending_rewind:
             self._rewind(trainer, pl_module)
+        if not self._dense:  # the optimizers' state is loaded by now (checkpoint restore, rewind)
+            self._mask_after_step = self._needs_weight_mask(trainer.optimizers)
+            if self._mask_after_step:  # after every step(): also between the steps of one batch
+                self._step_hooks = mask_after_every_step(trainer.optimizers, self._masked_params, self._masked_masks)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -140,27 +184,22 @@ class LotteryTicket(Callback):
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         if self.rewind_step.unit == "it":
-            self._maybe_capture(trainer, pl_module, trainer.global_step)
+            self._maybe_capture(trainer, pl_module, trainer.global_step, batch_idx)
 
     @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        if self._dense:
-            return
-        if self._mask_after_step is None:  # first step of this fit: the optimizer state is loaded by now
-            self._mask_after_step = self._needs_weight_mask(trainer.optimizers)
-        self._stepped = True
-        self._multiply_masks([p.grad for p in self._masked_params])
+        if not self._dense:
+            self._multiply_masks([p.grad for p in self._masked_params])
 
     @override
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        if self._stepped:
-            self._stepped = False
-            if self._mask_after_step:
-                self._mask_weights()
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._remove_step_hooks()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._remove_step_hooks()
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -202,7 +241,7 @@ class LotteryTicket(Callback):
         self._take_handoff()
         if self._rewind_point is None:
             raise RuntimeError("no rewind point yet: fit the model with this callback before pruning")
-        params = prunable_parameters(model, self.include, self.exclude)
+        params = require_prunable(model, self.include, self.exclude)
         current = self.mask if self.mask is not None else ones_mask(params)
         weights = {n: p.detach() for n, p in params.items()}
         scores = get_criterion(criterion)(weights, generator=generator)
@@ -227,10 +266,26 @@ class LotteryTicket(Callback):
         return {
             "mask": self.mask,
             "rewind_to": str(self.rewind_step),
+            "include": self.include,
+            "exclude": self.exclude,
             "rewind_point": self._rewind_point.state_dict() if self._rewind_point is not None else None,
             "level": self.level,
             "pending_rewind": self._pending_rewind,
         }
+
+    def _check_settings(self, state: Mapping[str, Any]) -> None:
+        """``ValueError`` if ``state`` was written by a callback with other settings (``include``/``exclude`` are
+        only compared when the state records them: older checkpoints do not)."""
+        ours = {"rewind_to": str(self.rewind_step), "include": self.include, "exclude": self.exclude}
+        theirs = {k: state[k] for k in ("include", "exclude") if k in state}
+        theirs["rewind_to"] = str(RewindStep.parse(state["rewind_to"]))
+        for key, value in theirs.items():
+            if value != ours[key]:
+                raise ValueError(
+                    f"the checkpoint's LotteryTicket state was written with {key}={value!r} but this callback has "
+                    f"{key}={ours[key]!r}: create the callback with {key}={value!r} to resume it (its mask and "
+                    "rewind point belong to that setting), or start without ckpt_path"
+                )
 
     def _take_handoff(self) -> None:
         """Adopt the state a spawned fit's rank 0 left behind (ddp_spawn); nothing to do otherwise."""
@@ -240,7 +295,7 @@ class LotteryTicket(Callback):
             path.unlink()
 
     def _attach(self, pl_module: pl.LightningModule) -> None:
-        params = prunable_parameters(pl_module, self.include, self.exclude)
+        params = require_prunable(pl_module, self.include, self.exclude)
         if self.mask is None:
             self.mask = {n: m.cpu() for n, m in ones_mask(params).items()}
         check_fits(self.mask, params)
@@ -251,21 +306,23 @@ class LotteryTicket(Callback):
         self._masked_masks = [self.mask[n].to(params[n].device, torch.bool) for n in pruned]
         self._dense = not self._masked_params
         self._mask_after_step = None
-        self._stepped = False
         self._mask_weights()
+
+    def _remove_step_hooks(self) -> None:
+        while self._step_hooks:
+            self._step_hooks.pop().remove()
 
     def _mask_weights(self) -> None:
         if not self._dense:
             self._multiply_masks(self._masked_params)
 
     def _needs_weight_mask(self, optimizers: Sequence[torch.optim.Optimizer]) -> bool:
-        """Whether the weights must be masked again after every step (not needed for the optimizers we know).
+        """Whether the weights must be masked again after every step (not for the optimizers we know).
 
-        The optimizers in ``ZERO_PRESERVING_OPTIMIZERS`` leave a weight at exactly ``0.0`` when its gradient and
-        its state entries are ``0.0`` (weight decay, momentum and moments of zeros are zeros). The gradients are
-        masked before every step; here the pruned entries of their state are zeroed once (a no-op after a
-        rewind or for a fresh optimizer; it matters when a fit resumes a checkpoint of dense training), so the
-        post-step multiply is skipped. Any other optimizer (a subclass too: it may override ``step``) keeps it.
+        ``ZERO_PRESERVING_OPTIMIZERS`` leave a weight at exactly ``0.0`` when its gradient and state entries are
+        ``0.0``. Gradients are masked before every step; here the pruned entries of their state are zeroed once (it
+        matters when a fit resumes a checkpoint of dense training), so the post-step multiply is skipped. Any other
+        optimizer (a subclass too: it may override ``step``) gets it, after every ``step()``.
         """
         if not optimizers or any(type(opt) not in ZERO_PRESERVING_OPTIMIZERS for opt in optimizers):
             return True
@@ -280,23 +337,28 @@ class LotteryTicket(Callback):
             for p, m in zip(self._masked_params, self._masked_masks):
                 values = [v for v in opt.state.get(p, {}).values()
                           if isinstance(v, torch.Tensor) and v.shape == p.shape]
-                _zero_pruned(values, [m.to(v.device) for v in values])
+                zero_pruned_(values, [m.to(v.device) for v in values])
 
     def _multiply_masks(self, tensors: Sequence[torch.Tensor | None]) -> None:
         """Zero the pruned entries of tensors shaped like ``self._masked_params``, in place (``None`` skipped)."""
-        _zero_pruned(tensors, self._masked_masks)
+        zero_pruned_(tensors, self._masked_masks)
 
-    def _maybe_capture(self, trainer: pl.Trainer, pl_module: pl.LightningModule, position: int) -> None:
+    def _maybe_capture(self, trainer: pl.Trainer, pl_module: pl.LightningModule, position: int, batch: int = 0) -> None:
         if self._rewind_point is not None or position < self.rewind_step.amount:
             return
         if position > self.rewind_step.amount:
             raise RuntimeError(f"rewind point {self.rewind_step} was passed before it could be captured (at {position})")
-        self._rewind_point = capture_state(trainer, pl_module)
+        self._rewind_point = capture_state(trainer, pl_module, batch=batch)
 
     def _rewind(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         rp = self._rewind_point
         assert rp is not None and self.mask is not None
-        pl_module.load_state_dict(rp.model)  # copies into the live tensors; rp stays untouched
+        own = pl_module.state_dict()
+        # tensors are copied into the live ones; non-tensor entries (get_extra_state) are copied so that rp stays
+        # untouched, and a ticket (tensors only) keeps the model's own
+        weights = {k: v for k, v in own.items() if not isinstance(v, torch.Tensor) and k not in rp.model}
+        weights.update({k: v if isinstance(v, torch.Tensor) else copy.deepcopy(v) for k, v in rp.model.items()})
+        pl_module.load_state_dict(weights)
         if rp.optimizers:
             if len(rp.optimizers) != len(trainer.optimizers):
                 raise MaskError(
@@ -309,55 +371,24 @@ class LotteryTicket(Callback):
                 cfg.scheduler.load_state_dict(cpu_copy(state))
         self._mask_weights()
         self._zero_pruned_state(trainer.optimizers)  # pruned entries of momenta / moments start at zero
-        _compat.set_loop_position(trainer, rp.step, rp.epoch)
+        _compat.set_loop_position(trainer, rp.step, rp.epoch, rp.batch, rp.batches)
         self._pending_rewind = False
 
 
-#: Optimizers whose step leaves an entry at exactly 0.0 when the weight, its gradient and its state entries are
-#: 0.0 (with any of their options: momentum, Nesterov, dampening, weight decay, decoupled weight decay, amsgrad,
-#: maximize, centered, foreach/fused). Exact types: a subclass may change ``step``.
-#: tests/test_performance_invariants.py proves it for each.
-ZERO_PRESERVING_OPTIMIZERS: frozenset[type] = frozenset({
-    torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.NAdam, torch.optim.RAdam, torch.optim.Adamax,
-    torch.optim.Adagrad, torch.optim.RMSprop,
-})
-
-# Same-size integer views of floating dtypes: multiplying the bit pattern by a bool mask (promoted to the integer
-# dtype: 0 or 1) keeps or clears every bit, which is exactly the masked float (+0.0 where pruned, even for NaN or
-# -0.0). Several times faster on CPU than a float multiply by a bool mask, which promotes the mask element by element.
-_INT_VIEWS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_zero_pruned = zero_pruned_  # the names tests/test_performance_invariants.py imports from here
 
 
-@torch.no_grad()
-def _zero_pruned(tensors: Sequence[torch.Tensor | None], masks: Sequence[torch.Tensor]) -> None:
-    """Set the entries of each tensor where its bool mask is False to 0, in place, with foreach multiplies."""
-    ints: list[torch.Tensor] = []
-    int_masks: list[torch.Tensor] = []
-    others: list[torch.Tensor] = []
-    other_masks: list[torch.Tensor] = []
-    for t, m in zip(tensors, masks):
-        if t is None:
-            continue
-        if t.is_floating_point() and t.layout == torch.strided and t.element_size() in _INT_VIEWS:
-            ints.append(t.view(_INT_VIEWS[t.element_size()]))
-            int_masks.append(m)
-        else:
-            others.append(t)
-            other_masks.append(m)
-    if ints:
-        torch._foreach_mul_(ints, int_masks)
-    if others:
-        torch._foreach_mul_(others, other_masks)
-
-
-def capture_state(trainer: pl.Trainer, pl_module: pl.LightningModule) -> RewindState:
-    """A CPU copy of the training state now: weights and buffers, optimizer and LR-scheduler state, step, epoch."""
+def capture_state(trainer: pl.Trainer, pl_module: pl.LightningModule, *, batch: int = 0) -> RewindState:
+    """A CPU copy of the training state now: weights and buffers, optimizer and LR-scheduler state, step, epoch,
+    and ``batch``, the number of training batches of the current epoch done (pass it when capturing mid-epoch)."""
     return RewindState(
         step=trainer.global_step,
         epoch=trainer.current_epoch,
         model=cpu_copy(pl_module.state_dict()),
         optimizers=[cpu_copy(opt.state_dict()) for opt in trainer.optimizers],
         lr_schedulers=[cpu_copy(cfg.scheduler.state_dict()) for cfg in trainer.lr_scheduler_configs],
+        batch=batch,
+        batches=_compat.batches_done(trainer),
     )
 
 

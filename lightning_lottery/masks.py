@@ -21,9 +21,11 @@ import hashlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from lightning_lottery.atomic import atomic_write_bytes
 
@@ -51,24 +53,65 @@ def prunable_parameters(
     By default the ``weight`` of every Linear and Conv layer. ``include`` (fnmatch patterns over parameter
     names, e.g. ``"*.weight"`` or ``"features.*"``) replaces that default selection; ``exclude`` removes
     matching names from it. Raises ``MaskError`` if a pattern matches nothing.
+
+    Shared (tied) parameters: a parameter registered under several names (two modules sharing one weight, an
+    output Linear tied to an embedding) is one prunable parameter, named by its first name in
+    ``named_parameters()``. It is selected if any of its names is (by ``include``, or by default if any module
+    owning it is a Linear or Conv layer) and removed if any of its names matches ``exclude``; its mask applies to
+    every ``state_dict`` key it has (see :meth:`lightning_lottery.ticket.Ticket.from_state`).
     """
+    names: dict[int, list[str]] = {}  # id(parameter) -> all its names, first one first
+    params: dict[str, nn.Parameter] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) not in names:
+            names[id(p)] = []
+            params[name] = p
+        names[id(p)].append(name)
+    all_names = [n for aliases in names.values() for n in aliases]
     default = {
         f"{mod_name}.weight" if mod_name else "weight"
-        for mod_name, module in model.named_modules()
+        for mod_name, module in model.named_modules(remove_duplicate=False)
         if isinstance(module, PRUNABLE_LAYERS) and isinstance(getattr(module, "weight", None), nn.Parameter)
     }
-    params = dict(model.named_parameters())
+
+    def aliases(name: str) -> list[str]:
+        return names[id(params[name])]
+
     if include is not None:
         for pattern in include:
-            if not any(fnmatch.fnmatchcase(n, pattern) for n in params):
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in all_names):
                 raise MaskError(f"include pattern {pattern!r} matches no parameter of the model")
-        chosen = [n for n in params if _matches(n, include)]
+        chosen = [n for n in params if any(_matches(a, include) for a in aliases(n))]
     else:
-        chosen = [n for n in params if n in default]
+        chosen = [n for n in params if any(a in default for a in aliases(n))]
     for pattern in exclude:
-        if not any(fnmatch.fnmatchcase(n, pattern) for n in chosen):
+        if not any(fnmatch.fnmatchcase(a, pattern) for n in chosen for a in aliases(n)):
             raise MaskError(f"exclude pattern {pattern!r} matches no prunable parameter")
-    return {n: params[n] for n in chosen if not _matches(n, exclude)}
+    return {n: params[n] for n in chosen if not any(_matches(a, exclude) for a in aliases(n))}
+
+
+def require_prunable(model: nn.Module, include: Sequence[str] | None = None,
+                     exclude: Sequence[str] = ()) -> dict[str, nn.Parameter]:
+    """:func:`prunable_parameters`, or a ``MaskError`` naming the cause and the fix when there is none or one is
+    uninitialized (a Lazy module): a lottery-ticket search cannot run on them."""
+    params = prunable_parameters(model, include, exclude)
+    lazy = [n for n, p in params.items() if isinstance(p, nn.parameter.UninitializedParameter)]
+    if lazy:
+        raise MaskError(
+            f"parameter {lazy[0]!r} is uninitialized (a Lazy module such as LazyLinear) at fit start, so its mask has "
+            "no shape: run one forward pass before fit (e.g. model(example_batch) in the model's __init__), or use "
+            "a non-lazy layer"
+        )
+    if not params:
+        what = f"include={list(include)}" if include is not None else "the default (the weight of Linear and Conv layers)"
+        minus = f" minus exclude={list(exclude)}" if exclude else ""
+        raise MaskError(
+            f"no prunable parameter in {type(model).__name__}: {what}{minus} selects nothing (a weight_norm'ed or "
+            "otherwise parametrized layer keeps its weight as '...parametrizations.weight.original0/1'). Pass "
+            "include=[...] fnmatch patterns of parameter names, e.g. include=['*.weight'] or "
+            "include=['*.parametrizations.weight.original1']"
+        )
+    return params
 
 
 def ones_mask(params: Mapping[str, torch.Tensor]) -> Mask:
@@ -153,6 +196,63 @@ def checksum(mask: Mapping[str, torch.Tensor]) -> str:
 def to_device(mask: Mapping[str, torch.Tensor], device: torch.device | str) -> Mask:
     """A copy of ``mask`` on ``device`` (no copy when already there)."""
     return {n: m.to(device) for n, m in mask.items()}
+
+
+#: Optimizers whose step leaves an entry at exactly 0.0 when the weight, its gradient and its state entries are
+#: 0.0 (with any of their options: momentum, Nesterov, dampening, weight decay, decoupled weight decay, amsgrad,
+#: maximize, centered, foreach/fused). Exact types: a subclass may change ``step``.
+#: tests/test_performance_invariants.py proves it for each.
+ZERO_PRESERVING_OPTIMIZERS: frozenset[type] = frozenset({
+    torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.NAdam, torch.optim.RAdam, torch.optim.Adamax,
+    torch.optim.Adagrad, torch.optim.RMSprop,
+})
+
+
+def mask_after_every_step(optimizers: Sequence[torch.optim.Optimizer], params: Sequence[torch.Tensor],
+                          masks: Sequence[torch.Tensor]) -> list[RemovableHandle]:
+    """Register a step post-hook on each optimizer that zeroes the pruned entries of the ``params`` it owns after
+    every ``step()`` (several per batch in manual optimization included). Returns the handles to remove."""
+    index = {id(p): i for i, p in enumerate(params)}
+    handles = []
+    for opt in optimizers:
+        owned = sorted({index[id(p)] for g in opt.param_groups for p in g["params"] if id(p) in index})
+        if owned:
+            mine, my_masks = [params[i] for i in owned], [masks[i] for i in owned]
+
+            def after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any,
+                           mine: list[torch.Tensor] = mine, my_masks: list[torch.Tensor] = my_masks) -> None:
+                zero_pruned_(mine, my_masks)
+
+            handles.append(opt.register_step_post_hook(after_step))
+    return handles
+
+
+# Same-size integer views of floating dtypes: multiplying the bit pattern by a bool mask (promoted to the integer
+# dtype: 0 or 1) keeps or clears every bit, which is exactly the masked float (+0.0 where pruned, even for NaN or
+# -0.0). Several times faster on CPU than a float multiply by a bool mask, which promotes the mask element by element.
+_INT_VIEWS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+@torch.no_grad()
+def zero_pruned_(tensors: Sequence[torch.Tensor | None], masks: Sequence[torch.Tensor]) -> None:
+    """Set the entries of each tensor where its bool mask is False to 0, in place, with foreach multiplies."""
+    ints: list[torch.Tensor] = []
+    int_masks: list[torch.Tensor] = []
+    others: list[torch.Tensor] = []
+    other_masks: list[torch.Tensor] = []
+    for t, m in zip(tensors, masks):
+        if t is None:
+            continue
+        if t.is_floating_point() and t.layout == torch.strided and t.element_size() in _INT_VIEWS:
+            ints.append(t.view(_INT_VIEWS[t.element_size()]))
+            int_masks.append(m)
+        else:
+            others.append(t)
+            other_masks.append(m)
+    if ints:
+        torch._foreach_mul_(ints, int_masks)
+    if others:
+        torch._foreach_mul_(others, other_masks)
 
 
 # ----------------------------------------------------------------------------------------------- files

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
@@ -54,18 +55,44 @@ class RewindStep:
 
 
 def cpu_copy(obj: Any) -> Any:
-    """A deep copy of ``obj`` with every tensor detached and copied to CPU (never an alias of a live tensor)."""
+    """A deep copy of ``obj`` with every tensor detached and copied to CPU (never an alias of a live tensor).
+
+    Tensors that alias each other in ``obj`` (tied weights: one parameter under two ``state_dict`` keys) are copied
+    once and stay one tensor in the copy, so that a mask applied under one name applies under all of them.
+    """
+    return _cpu_copy(obj, {})
+
+
+def alias_key(t: torch.Tensor) -> tuple[Any, ...] | None:
+    """What two tensors that are the same memory share (storage, offset, shape, strides, dtype); ``None`` for
+    tensors that cannot alias (empty ones) or whose storage cannot be inspected (sparse, ...)."""
+    if t.numel() == 0 or t.layout != torch.strided:
+        return None
+    try:
+        ptr = t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return None
+    return (t.device, ptr, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+
+
+def _cpu_copy(obj: Any, memo: dict[tuple[Any, ...], torch.Tensor]) -> Any:
     if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        out = copy.copy(obj)  # keeps OrderedDict/Counter types
-        for k, v in obj.items():
-            out[k] = cpu_copy(v)
+        key = alias_key(obj)
+        if key is not None and key in memo:
+            return memo[key]
+        out = obj.detach().to("cpu", copy=True)
+        if key is not None:
+            memo[key] = out
         return out
+    if isinstance(obj, dict):
+        out_dict = copy.copy(obj)  # keeps OrderedDict/Counter types
+        for k, v in obj.items():
+            out_dict[k] = _cpu_copy(v, memo)
+        return out_dict
     if isinstance(obj, list):
-        return [cpu_copy(v) for v in obj]
+        return [_cpu_copy(v, memo) for v in obj]
     if isinstance(obj, tuple):
-        return tuple(cpu_copy(v) for v in obj)
+        return tuple(_cpu_copy(v, memo) for v in obj)
     return copy.deepcopy(obj)
 
 
@@ -73,21 +100,28 @@ def cpu_copy(obj: Any) -> Any:
 class RewindState:
     """A copy, kept on CPU, of the training state at the rewind point.
 
-    ``model`` is the module's ``state_dict`` (parameters and buffers, e.g. BatchNorm statistics); ``optimizers``
-    and ``lr_schedulers`` hold their ``state_dict()`` in the trainer's order. ``step``/``epoch`` say where training
-    was. Saved with ``torch.save`` and read back with ``weights_only=True`` (plain containers of tensors and numbers).
+    ``model`` is the module's ``state_dict`` (parameters and buffers, e.g. BatchNorm statistics, and the non-tensor
+    entries of modules with ``get_extra_state``); ``optimizers`` and ``lr_schedulers`` hold their ``state_dict()``
+    in the trainer's order. ``step``/``epoch`` say where training was, ``batch`` how many training batches of that
+    epoch were done (a mid-epoch rewind point; files written before it was recorded read as 0) and ``batches`` how
+    many batches in all (``None``: unknown, taken as ``step`` × the accumulation). Saved with ``torch.save`` and read
+    back with ``weights_only=True`` (plain containers of tensors and numbers).
     """
 
     step: int
     epoch: int
-    model: dict[str, torch.Tensor]
+    model: dict[str, Any]
     optimizers: list[dict[str, Any]] = field(default_factory=list)
     lr_schedulers: list[dict[str, Any]] = field(default_factory=list)
+    batch: int = 0
+    batches: int | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "step": self.step,
             "epoch": self.epoch,
+            "batch": self.batch,
+            "batches": self.batches,
             "model": self.model,
             "optimizers": self.optimizers,
             "lr_schedulers": self.lr_schedulers,
@@ -95,26 +129,28 @@ class RewindState:
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> RewindState:
+        batches = state.get("batches")
         return cls(
             step=int(state["step"]),
             epoch=int(state["epoch"]),
             model=dict(state["model"]),
             optimizers=list(state.get("optimizers", [])),
             lr_schedulers=list(state.get("lr_schedulers", [])),
+            batch=int(state.get("batch", 0)),
+            batches=int(batches) if batches is not None else None,
         )
 
-    def with_model(self, model: dict[str, torch.Tensor]) -> RewindState:
+    def with_model(self, model: dict[str, Any]) -> RewindState:
         """The same training position with other weights (e.g. the trained ones, for LR rewinding)."""
-        return RewindState(self.step, self.epoch, model, self.optimizers, self.lr_schedulers)
+        return dataclasses.replace(self, model=model)
 
     def without_optimizer_state(self) -> RewindState:
         """The same state with fresh optimizer moments (hyperparameters such as the LR at this step kept)."""
-        fresh = [{**opt, "state": {}} for opt in self.optimizers]
-        return RewindState(self.step, self.epoch, self.model, fresh, self.lr_schedulers)
+        return dataclasses.replace(self, optimizers=[{**opt, "state": {}} for opt in self.optimizers])
 
-    def at_position(self, step: int, epoch: int) -> RewindState:
-        """The same state, resumed at another loop position."""
-        return RewindState(step, epoch, self.model, self.optimizers, self.lr_schedulers)
+    def at_position(self, step: int, epoch: int, batch: int = 0, batches: int | None = None) -> RewindState:
+        """The same state, resumed at another loop position (``batch`` training batches into ``epoch``)."""
+        return dataclasses.replace(self, step=step, epoch=epoch, batch=batch, batches=batches)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically to ``path``."""

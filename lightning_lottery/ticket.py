@@ -28,6 +28,7 @@ from torch import nn
 
 from lightning_lottery.atomic import atomic_write_bytes
 from lightning_lottery.masks import Mask, MaskError, check_fits, read_safetensors
+from lightning_lottery.rewind import alias_key
 
 
 @dataclass
@@ -35,19 +36,32 @@ class Ticket:
     """A mask and the (masked) model state it starts from."""
 
     mask: Mask
-    state: dict[str, torch.Tensor]
+    state: dict[str, Any]
     metadata: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_state(cls, state: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor], **metadata: Any) -> Ticket:
-        """Build a ticket from a model ``state_dict`` (e.g. θk) and a mask; pruned entries are zeroed in the copy."""
-        out = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+    def from_state(cls, state: Mapping[str, Any], mask: Mapping[str, torch.Tensor], **metadata: Any) -> Ticket:
+        """Build a ticket from a model ``state_dict`` (e.g. θk) and a mask; pruned entries are zeroed in the copy.
+
+        Tickets hold tensors only: non-tensor entries (the ``get_extra_state`` of a module) are left out, and a fit
+        started from the ticket keeps the model's own. A key that aliases a masked one in ``state`` (a tied weight:
+        the same memory under another name, as in a live ``state_dict`` or a rewind point) is masked too.
+        """
+        tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+        groups: dict[tuple[Any, ...], list[str]] = {}
+        for k, v in tensors.items():
+            key = alias_key(v)
+            if key is not None:
+                groups.setdefault(key, []).append(k)
+        out = {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}
         for name, m in mask.items():
             if name not in out:
                 raise MaskError(f"mask parameter {name!r} is not in the model state")
             if tuple(out[name].shape) != tuple(m.shape):
                 raise MaskError(f"mask for {name!r} has shape {tuple(m.shape)}, state has {tuple(out[name].shape)}")
-            out[name].mul_(m.to("cpu"))
+            key = alias_key(tensors[name])
+            for alias in groups.get(key, [name]) if key is not None else [name]:
+                out[alias].masked_fill_(~m.to("cpu", torch.bool), 0)  # +0.0, whatever the sign of the weight
         return cls({n: m.detach().to("cpu", torch.bool) for n, m in mask.items()}, out, {k: str(v) for k, v in metadata.items()})
 
     @classmethod
@@ -56,11 +70,11 @@ class Ticket:
         return cls.from_state(model.state_dict(), mask, **metadata)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the ticket atomically as safetensors."""
+        """Write the ticket atomically as safetensors (its tensors: non-tensor state entries are not stored)."""
         from safetensors.torch import save
 
         tensors = {f"mask/{n}": m.contiguous() for n, m in self.mask.items()}
-        tensors.update({f"state/{k}": v.contiguous() for k, v in self.state.items()})
+        tensors.update({f"state/{k}": v.contiguous() for k, v in self.state.items() if isinstance(v, torch.Tensor)})
         atomic_write_bytes(path, save(tensors, metadata={"format": "lightning-lottery-ticket", **self.metadata}))
 
     @classmethod
@@ -74,17 +88,24 @@ class Ticket:
         return cls(mask, state, meta)
 
     def check_fits(self, model: nn.Module, params: Mapping[str, torch.Tensor]) -> None:
-        """Raise ``MaskError`` naming the first mask entry or state key that does not fit ``model``."""
+        """Raise ``MaskError`` naming the first mask entry or state key that does not fit ``model``.
+
+        Non-tensor entries (``get_extra_state``) are not compared: only their keys must exist in the model, and a
+        ticket may lack them (tickets hold tensors only)."""
         check_fits(self.mask, params)
         own = model.state_dict()
         for key, value in self.state.items():
             if key not in own:
                 raise MaskError(f"ticket has state {key!r} that the model does not have")
-            if tuple(own[key].shape) != tuple(value.shape):
+            mine = own[key]
+            if isinstance(mine, torch.Tensor) != isinstance(value, torch.Tensor):
+                raise MaskError(f"ticket state {key!r} is a {type(value).__name__} but the model's is a "
+                                f"{type(mine).__name__}")
+            if isinstance(mine, torch.Tensor) and tuple(mine.shape) != tuple(value.shape):
                 raise MaskError(
-                    f"ticket state {key!r} has shape {tuple(value.shape)} but the model's has {tuple(own[key].shape)}"
+                    f"ticket state {key!r} has shape {tuple(value.shape)} but the model's has {tuple(mine.shape)}"
                 )
-        missing = [k for k in own if k not in self.state]
+        missing = [k for k, v in own.items() if k not in self.state and isinstance(v, torch.Tensor)]
         if missing:
             raise MaskError(f"ticket lacks state {missing[0]!r} of the model")
 

@@ -194,8 +194,17 @@ _LOOP_COUNTERS = {
     "fit_loop.epoch_progress.current": ("ready", "started", "processed", "completed"),
     "fit_loop.epoch_progress.total": ("ready", "started", "processed", "completed"),
     "fit_loop.epoch_loop._batches_that_stepped": (),
-    "fit_loop.epoch_loop.batch_progress.current": ("ready",),
+    "fit_loop.epoch_loop.batch_progress.current": ("ready", "started", "processed", "completed"),
 }
+
+
+def test_epoch_loop_has_a_restarting_flag() -> None:
+    """``set_loop_position`` marks the epoch loop ``restarting`` for a mid-epoch position (as a checkpoint restore
+    does) so that its reset keeps ``batch_progress.current``."""
+    epoch_loop = _trainer(accelerator="cpu").fit_loop.epoch_loop
+    assert isinstance(epoch_loop.restarting, bool), f"{LIGHTNING}: epoch loop has no restarting flag"
+    epoch_loop.restarting = True
+    assert epoch_loop.restarting and epoch_loop.val_loop.restarting
 
 
 @pytest.mark.parametrize("path", list(_LOOP_COUNTERS))
@@ -332,6 +341,42 @@ def test_set_loop_position_continues_a_fit(module: type[pl.LightningModule], acc
         assert trainer.current_epoch == ref_trainer.current_epoch, where
 
 
+@pytest.mark.parametrize(("module", "accumulate", "first"),
+                         [(_Auto, 1, 6), (_Auto, 2, 5), (_Manual, 1, 7), (_Auto, 1, 4)])
+def test_set_loop_position_mid_epoch_continues_exactly(module: type[pl.LightningModule], accumulate: int,
+                                                       first: int) -> None:
+    """Positioned ``batch`` batches into an epoch (``batch_progress.current`` kept through the epoch loop's reset by
+    marking it ``restarting``), the fit is the rest of the uninterrupted one: same batches, epochs, logger steps
+    (``_batches_that_stepped``), validations and final epoch."""
+    max_steps = 10
+    pl.seed_everything(0, verbose=False)
+    ref_trainer, ref, ref_log = _fit(module(), max_steps, accumulate=accumulate)
+    model = module()
+    stopped, _, _ = _fit(model, first, accumulate=accumulate)
+    step = stopped.global_step
+    done = step * accumulate
+    epoch, batch = divmod(done, 4)  # (a fit stopped by max_steps mid-epoch counts that epoch as done)
+    trainer, rec, log = _fit(model, max_steps, (step, epoch, batch, done), accumulate=accumulate)
+    where = f"{LIGHTNING}, {module.__name__}, accumulate={accumulate}, step {step}, epoch {epoch}, batch {batch}"
+    assert rec.batches == ref.batches[done:], where
+    assert rec.epochs == [e for e in ref.epochs if e >= epoch], where
+    assert log.steps == ref_log.steps[step:], f"{where}: logger steps (_batches_that_stepped)"
+    assert [(s, n + done) for s, n in rec.validations] == [v for v in ref.validations if v[1] > done], where
+    assert (trainer.global_step, trainer.current_epoch) == (ref_trainer.global_step, ref_trainer.current_epoch), where
+
+
+def test_batches_done_counts_the_completed_training_batches() -> None:
+    seen: list[int] = []
+
+    class Recording(pl.Callback):
+        def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+            seen.append(_compat.batches_done(trainer))
+
+    _trainer(accelerator="cpu", max_epochs=2, limit_train_batches=3, limit_val_batches=0,
+             callbacks=[Recording()]).fit(BoringModel())
+    assert seen == [0, 1, 2, 3, 4, 5]
+
+
 def test_set_loop_position_at_the_start_changes_nothing() -> None:
     _compat.set_loop_position(SimpleNamespace(), 0, 0)  # type: ignore[arg-type]  # touches nothing
 
@@ -357,7 +402,7 @@ def test_missing_counter_is_a_compat_error_and_changes_nothing(monkeypatch: pyte
 PRIVATE_NAMES = ("_MultiProcessingLauncher", "_ddp_kwargs", "optim_progress", "optim_step_progress",
                  "batch_progress", "epoch_progress", "_batches_that_stepped", "_process_group_backend", "_timeout",
                  "_ddp_comm_state", "_ddp_comm_hook", "_ddp_comm_wrapper", "_start_method",
-                 "_model_averaging_period")
+                 "_model_averaging_period", "restarting")
 _PRIVATE_RE = re.compile(r"(?<![A-Za-z0-9_])(" + "|".join(map(re.escape, PRIVATE_NAMES)) + r")(?![A-Za-z0-9_])")
 
 
