@@ -144,6 +144,11 @@ def _trained_previous(inputs: Inputs) -> RewindState:
     return inputs.trained(inputs.run.level - 1)
 
 
+def _at_rewind_point(state: RewindState, rewind_point: RewindState) -> RewindState:
+    """``state`` (e.g. trained weights and optimizer) placed at the rewind point's loop position."""
+    return state.at_position(rewind_point.step, rewind_point.epoch, rewind_point.batch, rewind_point.batches)
+
+
 def _random_mask(inputs: Inputs) -> Mask:
     generator = torch.Generator().manual_seed(inputs.seeds.random_mask(inputs.run))
     return pruning.random_mask_like(inputs.mask, generator)
@@ -168,8 +173,7 @@ register(Branch("lr_rewind", "the main line: trained weights kept, learning-rate
                 start=lambda i: i.rewind_point.without_optimizer_state().with_model(_trained_previous(i).model),
                 rewind="lr", trained="previous"))
 register(Branch("finetune", "the main line: trained weights and optimizer kept, trained on at the final "
-                "learning rate", start=lambda i: _trained_previous(i).at_position(i.rewind_point.step,
-                                                                                 i.rewind_point.epoch),
+                "learning rate", start=lambda i: _at_rewind_point(_trained_previous(i), i.rewind_point),
                 rewind="finetune", trained="previous"))
 register(Branch("random_reinit", "control: the level's mask on a fresh initialization, trained from step 0",
                 start=lambda i: RewindState(0, 0, i.fresh_init(i.seeds.reinit(i.run)))))
