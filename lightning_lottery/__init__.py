@@ -14,8 +14,9 @@ if TYPE_CHECKING:
     from lightning_lottery.config import LotteryConfig
     from lightning_lottery.scheduler import PruningScheduler
     from lightning_lottery.ticket import Ticket
+    from lightning_lottery.tracking import WandbSettings
 
-__all__ = ["LotteryConfig", "LotteryTicket", "PruningScheduler", "Ticket"]
+__all__ = ["LotteryConfig", "LotteryTicket", "PruningScheduler", "Ticket", "WandbSettings"]
 __version__ = "0.1.0"
 
 _HOMES = {
@@ -23,6 +24,7 @@ _HOMES = {
     "LotteryConfig": "lightning_lottery.config",
     "PruningScheduler": "lightning_lottery.scheduler",
     "Ticket": "lightning_lottery.ticket",
+    "WandbSettings": "lightning_lottery.tracking",
 }
 
 

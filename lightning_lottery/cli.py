@@ -192,7 +192,8 @@ def run_retrain(parser: ArgumentParser, cfg: Namespace) -> int:
     init = _instantiate(parser, cfg, lottery.seed)
     kwargs = _trainer_kwargs(init.trainer)
     kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [callback]
-    kwargs.setdefault("logger", False)
+    if kwargs.get("logger") is None:  # no default TensorBoard logger (and its tensorboardX notice) for one fit
+        kwargs["logger"] = False
     kwargs["enable_checkpointing"] = False
     trainer = pl.Trainer(**kwargs)
     trainer.fit(init.model, datamodule=init.data)
