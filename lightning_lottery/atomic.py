@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_write", "atomic_write_bytes", "temporary_name"]
+__all__ = ["atomic_commit", "atomic_write", "atomic_write_bytes", "temporary_name"]
 
 
 def temporary_name(path: Path) -> Path:
@@ -47,6 +47,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically and durably."""
     atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_commit(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Move ``tmp`` (a finished file written by someone else, e.g. ``Trainer.save_checkpoint``) over ``path``
+    durably: ``fsync`` it, rename it, ``fsync`` the directory."""
+    tmp, path = Path(tmp), Path(path)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_directory(path.parent)
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -15,16 +15,18 @@ import copy
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.strategies import Strategy
 
 from lightning_lottery import distributed
 from lightning_lottery._compat import override
+from lightning_lottery.atomic import atomic_commit, temporary_name
 from lightning_lottery.callback import LotteryTicket, capture_state
 from lightning_lottery.config import LotteryConfig
 from lightning_lottery.masks import Mask, count_alive, count_total, layer_counts, remaining
@@ -33,7 +35,7 @@ from lightning_lottery.result import RunResult
 from lightning_lottery.rewind import RewindState, cpu_copy
 from lightning_lottery.store import LevelInfo
 
-__all__ = ["Executor", "Trained", "ValidationHistory"]
+__all__ = ["Executor", "ResumeCheckpoint", "Trained", "ValidationHistory"]
 
 EventHandler = Callable[[str, Run], None]
 
@@ -86,6 +88,57 @@ class ValidationHistory(Callback):
         return min(self.history, key=lambda r: r[self.monitor]) if self.history else None
 
 
+class ResumeCheckpoint(Callback):
+    """Writes ``last.ckpt`` every ``every`` steps (``None``: every epoch), *after* that step's validation when one runs at it, atomically.
+
+    A checkpoint written before its step's validation would lose that validation on resume (Lightning does not
+    re-run it), and with it the early-stopping iteration; one written after it resumes to exactly the history of an
+    uninterrupted run. A step expects a validation when ``val_every`` divides it (``None``: at the end of an epoch
+    that validates); if the expected validation does not come (no validation data), the checkpoint is written at
+    the next step's end.
+
+    Example:
+        >>> ResumeCheckpoint(Path("checkpoints/last.ckpt"), every=200, val_every=20).every
+        200
+    """
+
+    def __init__(self, path: Path, every: int | None, val_every: int | None) -> None:
+        self.path, self.every, self.val_every = Path(path), every, val_every
+        self._pending = False  # due at this step, waiting for its validation
+
+    def _validates_at(self, trainer: pl.Trainer, batch_idx: int) -> bool:
+        if self.val_every:
+            return trainer.global_step % self.val_every == 0
+        every_epoch = trainer.check_val_every_n_epoch or 0
+        return (batch_idx + 1 == trainer.num_training_batches and every_epoch > 0
+                and (trainer.current_epoch + 1) % every_epoch == 0)
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._pending:  # the validation expected at the due step did not come
+            self._save(trainer)
+        due = trainer.global_step % self.every == 0 if self.every else batch_idx + 1 == trainer.num_training_batches
+        if due:  # every `every` steps, else at the end of every epoch
+            if self._validates_at(trainer, batch_idx):
+                self._pending = True
+            else:
+                self._save(trainer)
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._pending and not trainer.sanity_checking:
+            self._save(trainer)
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        self._pending = False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temporary_name(self.path)
+        trainer.save_checkpoint(tmp)  # every rank takes part; rank 0 writes
+        if trainer.is_global_zero:
+            atomic_commit(tmp, self.path)
+
+
 @dataclass
 class Trained:
     """What a run leaves behind: its result, the rewind point of its fit, its final state when asked for, and its
@@ -131,15 +184,13 @@ class Executor:
                                 rewind_point=start)
         lottery.level = run.level
         history = ValidationHistory()
-        ckpt_dir = info.directory / "checkpoints"
+        resume = info.directory / "checkpoints" / "last.ckpt"
         every = cfg.checkpoint_every_n_steps or (10 * cfg.val_every_n_steps if cfg.val_every_n_steps else None)
-        last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, every_n_train_steps=every,
-                               enable_version_counter=False)
+        last = ResumeCheckpoint(resume, every, cfg.val_every_n_steps)  # after `history`: it sees the validation
         trainer = self._trainer(info, [lottery, history, last, progress], loggers, max_steps)
         self.emit("trainer_made", run)
 
         pl.seed_everything(seed, workers=True, verbose=False)
-        resume = ckpt_dir / "last.ckpt"
         ckpt_path = distributed.broadcast(str(resume) if resume.is_file() else None)
         self.emit("fit_start", run)
         trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -177,7 +228,7 @@ class Executor:
         # ours first: user callbacks see the rewound, masked model in their hooks
         kwargs["callbacks"] = own + [copy.deepcopy(c) for c in user_callbacks]
         kwargs["default_root_dir"] = str(info.directory)
-        kwargs["enable_checkpointing"] = True
+        kwargs["enable_checkpointing"] = False  # ResumeCheckpoint writes the run's checkpoint
         kwargs["logger"] = loggers if loggers else False
         if cfg.val_every_n_steps is not None:
             kwargs["val_check_interval"] = cfg.val_every_n_steps

@@ -15,6 +15,8 @@ Example:
     (Run(replicate=0, branch='ticket', level=1),)
     >>> [str(r) for r in plan.ready({Run(0, "ticket", 0)})]
     ['ticket level 1 (replicate 0)', 'random_mask level 1 (replicate 0)']
+    >>> [str(r) for r in plan.dependents(Run(0, "ticket", 1))]
+    ['ticket level 2 (replicate 0)', 'random_mask level 2 (replicate 0)']
 """
 
 from __future__ import annotations
@@ -78,6 +80,16 @@ class Plan:
         if run.level == 0:
             return ()
         return (Run(run.replicate, self.main, run.level - 1),)
+
+    def dependents(self, run: Run) -> list[Run]:
+        """The runs that start, directly or through others, from ``run``'s outputs, in execution order."""
+        found: set[Run] = {run}
+        out = []
+        for r in self.runs():  # execution order puts every run after the runs it needs
+            if any(n in found for n in self.needs(r)):
+                found.add(r)
+                out.append(r)
+        return out
 
     def ready(self, finished: Collection[Run], running: Collection[Run] = ()) -> list[Run]:
         """The runs that are neither finished nor running and whose needs are all finished, in execution order."""

@@ -140,8 +140,17 @@ class PruningScheduler:
         # missing data fails here, before the directory is bound to this configuration
         distributed.on_main(self.datamodule.prepare_data)
         distributed.everywhere(lambda: self.datamodule.setup("fit"))
+        distributed.on_main(self.store.lock)  # one writer per directory, before anything is written (rank 0)
+        try:
+            return self._walk(main)
+        finally:
+            if main:
+                self.store.unlock()
+
+    def _walk(self, main: bool) -> list[dict[str, Any]]:
         self.experiment_id = distributed.on_main(
-            lambda: self.store.bind(self.identity, self.config.name, self.experiment_config))
+            lambda: self.store.bind(self.identity, self.config.name, self.experiment_config, self.plan.runs()))
+        distributed.on_main(lambda: self._prepare_directory())
         distributed.on_main(self._write_costs)
         if self.wandb is not None and main:
             self._start_tracking()
@@ -250,6 +259,18 @@ class PruningScheduler:
         self._say(f"[lottery] W&B {mode}: group {self.experiment_id} in project {self.wandb.project}"
                   + (f"; offline runs in {where} (upload later: wandb sync {where}/offline-run-*)"
                      if mode == "offline" else ""))
+
+    def _prepare_directory(self) -> None:
+        """Leftovers removed, finished runs verified (damaged ones and their dependents redone), tables rebuilt.
+        What it finds is said on stderr even when quiet: nothing about the results is silent."""
+        def say(text: str) -> None:
+            print(text, file=self.stream or sys.stderr, flush=True)
+
+        if self.store.taken_over:
+            held = self.store.taken_over
+            say(f"[lottery] took over the lock of pid {held.get('pid')} on {held.get('host')} "
+                f"(since {held.get('since')}; no longer running)")
+        self.store.prepare(self.plan, self.config.keep_checkpoints, say)
 
     def _write_costs(self) -> None:
         """Per-layer MACs per weight (for the report's theoretical speedup), measured once on one input."""

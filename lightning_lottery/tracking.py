@@ -106,6 +106,12 @@ class WandbTracker:
         self.dir = Path(settings.dir) if settings.dir else Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("WANDB_SILENT", "true")  # our progress lines say where runs go
+        import multiprocessing
+
+        if multiprocessing.parent_process() is None:
+            # a W&B service inherited from whatever launched this process (not our spawned workers) would still
+            # hold the run ids of a killed earlier attempt: start our own, so a resumed run can take its id again
+            os.environ.pop("WANDB_SERVICE", None)
 
     def _init_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"project": self.settings.project, "group": self.experiment_id,
@@ -124,6 +130,7 @@ class WandbTracker:
                   "experiment_hash": self.experiment_hash}
         return WandbLogger(
             name=run_name(info.branch, info.level, info.remaining, info.replicate),
+            id=run_id(self.experiment_id, info.branch, info.replicate, info.level), resume="allow",
             job_type=info.branch, config=config, save_dir=str(self.dir), log_model=False,
             **{k: v for k, v in self._init_kwargs().items() if k != "dir"},
         )
@@ -214,6 +221,22 @@ def run_name(branch: str, level: int, remaining: float, replicate: int = 0) -> s
     """``"ticket L3 51.3%"`` (with ``" r1"`` for replicates after the first)."""
     name = f"{branch} L{level} {100 * remaining:.1f}%"
     return f"{name} r{replicate}" if replicate else name
+
+
+def run_id(experiment_id: str, branch: str, replicate: int, level: int) -> str:
+    """The W&B run id of one run: the same on every attempt, so a resumed run continues its W&B run instead of
+    making a second one (letters, digits, ``-`` and ``_``; at most 64 characters).
+
+    Example:
+        >>> run_id("smoke-1a2b3c4d", "ticket", 0, 3)
+        'smoke-1a2b3c4d-ticket-r0-l03'
+    """
+    raw = "".join(c if c.isalnum() or c in "-_" else "-" for c in f"{experiment_id}-{branch}-r{replicate}-l{level:02d}")
+    if len(raw) <= 64:
+        return raw
+    import hashlib
+
+    return f"{raw[:47]}-{hashlib.sha256(raw.encode()).hexdigest()[:16]}"
 
 
 def ticket_artifact_name(experiment_id: str, branch: str, replicate: int, level: int) -> str:

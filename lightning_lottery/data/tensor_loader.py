@@ -26,6 +26,10 @@ class TensorLoader:
     is drawn), so a loader built again with the same seed replays the same sequence of epochs.
     ``set_epoch`` sets the counter.
 
+    The loader is resumable: :meth:`state_dict` holds the epoch of the pass in progress and how many of its batches
+    were drawn; after :meth:`load_state_dict` the next pass continues that one exactly (the next epoch when it was
+    complete). Lightning saves a stateful train loader in its checkpoints and restores it when it resumes one.
+
     Lightning accepts it as a train/val/test dataloader (an iterable with ``__len__``). Under data parallelism
     (``num_replicas`` processes), every process draws the same permutation and takes every ``num_replicas``-th
     sample from position ``rank`` (as ``DistributedSampler`` does); with ``even_shards`` the few samples that would
@@ -41,6 +45,11 @@ class TensorLoader:
         2
         >>> [b[1].tolist() for b in TensorLoader(x, y, batch_size=4, num_replicas=3, rank=1)]
         [[1, 4, 7]]
+        >>> it = iter(loader); _ = next(it); state = loader.state_dict(); state
+        {'epoch': 1, 'position': 1}
+        >>> again = TensorLoader(x, y, batch_size=4); again.load_state_dict(state)
+        >>> [b[1].tolist() for b in again]
+        [[4, 5, 6, 7], [8, 9]]
     """
 
     def __init__(
@@ -71,6 +80,8 @@ class TensorLoader:
             raise ValueError(f"TensorLoader: rank must be in [0, {num_replicas}), got {rank}")
         self.num_replicas, self.rank, self.even_shards = int(num_replicas), int(rank), bool(even_shards)
         self.epoch = 0
+        self._pass: tuple[int, int] | None = None  # (epoch, batches drawn) of the pass in progress
+        self._resume: tuple[int, int] | None = None  # where the next pass starts, from load_state_dict
 
     @property
     def num_samples(self) -> int:
@@ -94,12 +105,27 @@ class TensorLoader:
         """Set the epoch whose permutation the next pass uses."""
         self.epoch = int(epoch)
 
-    def _order(self) -> Tensor:
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch", "position"}``: the pass in progress and the batches drawn from it (else the next pass, 0)."""
+        if self._resume is not None:
+            epoch, position = self._resume
+        elif self._pass is not None:
+            epoch, position = self._pass
+        else:
+            epoch, position = self.epoch, 0
+        return {"epoch": int(epoch), "position": int(position)}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Make the next pass continue the one ``state_dict`` describes."""
+        self._resume = (int(state_dict["epoch"]), int(state_dict["position"]))
+        self._pass = None
+
+    def _order(self, epoch: int) -> Tensor:
         n = self.num_samples
         if not self.shuffle:
             order = torch.arange(n)
         else:
-            generator = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
+            generator = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
             order = torch.randperm(n, generator=generator)
         if self.num_replicas > 1:
             order = order[self.rank :: self.num_replicas][: self.shard_size]
@@ -108,12 +134,18 @@ class TensorLoader:
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
         # A generator: the epoch is drawn and advanced on the first ``next()``, so a bare ``iter()``
         # (Lightning calls one to check that the loader is iterable) does not consume an epoch.
-        order = self._order()
-        self.epoch += 1
+        epoch, first = self._resume if self._resume is not None else (self.epoch, 0)
+        self._resume = None
+        if first >= len(self):  # the resumed pass was complete: the next one
+            epoch, first = epoch + 1, 0
+        order = self._order(epoch)
+        self.epoch = epoch + 1
         b = self.batch_size
-        for start in range(0, len(self) * b, b):
-            idx = order[start : start + b]
+        for i in range(first, len(self)):
+            self._pass = (epoch, i + 1)
+            idx = order[i * b : (i + 1) * b]
             yield tuple(t[idx] for t in self.tensors)
+        self._pass = None
 
     def __repr__(self) -> str:
         shapes = ", ".join(str(tuple(t.shape)) for t in self.tensors)

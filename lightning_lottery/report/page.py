@@ -79,6 +79,8 @@ def _html(record: ExperimentRecord, table: Sequence[Mapping[str, Any]], images: 
         f'{esc(arch)}</b> · metric <b id="metric">{esc(metric)}</b></p>',
         f"<p>Configuration hash <code>{esc(record.hash[:16] or 'unknown')}</code> · {len(record.rows)} trained "
         f"network(s) · branches: {esc(', '.join(sorted({e['branch'] for e in table}, key=branch_sort_key)))}</p>",
+        (f'<p id="progress" class="note"><b>{esc(record.progress.describe())}</b></p>'
+         if record.progress is not None and not record.progress.complete else ""),
         f'<details id="config"><summary>Configuration ({fmt})</summary><pre>{esc(config_text)}</pre></details>',
     ]
     if notes:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_lottery.branches import main_branch_of
-from lightning_lottery.store import ExperimentStore
+from lightning_lottery.store import ExperimentStore, Progress
 
 __all__ = ["ExperimentRecord", "load_experiment", "main_branch", "triple"]
 
@@ -25,6 +25,7 @@ class ExperimentRecord:
     rows: list[dict[str, Any]]
     costs: dict[str, dict[str, int]] | None = None
     notes: list[str] = field(default_factory=list)
+    progress: Progress | None = None  # runs and levels done / planned (None: a copied results table)
 
 
 def load_experiment(experiment_dir: str | os.PathLike) -> ExperimentRecord:
@@ -48,12 +49,16 @@ def load_experiment(experiment_dir: str | os.PathLike) -> ExperimentRecord:
     if not meta:
         notes.append("experiment.json is missing: no experiment id or configuration to show.")
     rows = store.results()
+    progress = store.progress() if store.finished_runs() else None
+    if progress is not None and not progress.complete:
+        notes.insert(0, f"This experiment is {progress.describe()}: the figures and tables show the finished runs "
+                        "only; rerun the same command to finish it.")
     if not rows:
         raise FileNotFoundError(f"{root}: no results to report: no finished run "
                                 "(replicate_*/<branch>/level_*/metrics.json) and no results.json")
     return ExperimentRecord(root=root, id=str(meta.get("id") or "unknown experiment"), hash=str(meta.get("hash") or ""),
                             config=dict(meta.get("config") or {}), rows=list(rows), costs=store.read_costs(),
-                            notes=notes)
+                            notes=notes, progress=progress)
 
 
 def main_branch(record: ExperimentRecord) -> str:
