@@ -229,6 +229,9 @@ class Executor:
         kwargs["callbacks"] = own + [copy.deepcopy(c) for c in user_callbacks]
         kwargs["default_root_dir"] = str(info.directory)
         kwargs["enable_checkpointing"] = False  # ResumeCheckpoint writes the run's checkpoint
+        # one progress line per run (ours) instead of a bar and a model summary per fit, unless asked for
+        kwargs.setdefault("enable_progress_bar", False)
+        kwargs.setdefault("enable_model_summary", False)
         kwargs["logger"] = loggers if loggers else False
         if cfg.val_every_n_steps is not None:
             kwargs["val_check_interval"] = cfg.val_every_n_steps

@@ -15,8 +15,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 import lightning.pytorch as pl
@@ -112,6 +114,22 @@ class _RunProgress(Callback):
                 f"{_fmt(float(acc)) if acc is not None else '—'} · elapsed "
                 f"{_duration(time.perf_counter() - p.started)} · ETA {_duration(p.eta(fraction))}")
         p._say(text, end_line=not tty)
+
+
+@contextlib.contextmanager
+def lightning_banners_off() -> Iterator[None]:
+    """Lightning's INFO banners at every fit (devices available, 'max_steps reached', tips) would bury the progress
+    lines of an experiment of many fits; warnings and errors still show. The levels are restored afterwards."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        if logger.getEffectiveLevel() < logging.WARNING:
+            logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _is_tty(stream: TextIO) -> bool:

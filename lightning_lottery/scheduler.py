@@ -26,7 +26,7 @@ from lightning_lottery.identity import experiment_identity
 from lightning_lottery.masks import Mask, ones_mask, prunable_parameters, remaining
 from lightning_lottery.plan import Plan, Run, Seeds
 from lightning_lottery.preflight import Preflight, check_initialized, preflight
-from lightning_lottery.progress import ExperimentProgress, format_table
+from lightning_lottery.progress import ExperimentProgress, format_table, lightning_banners_off
 from lightning_lottery.rewind import RewindState, cpu_copy, fresh_initialization
 from lightning_lottery.store import ExperimentStore, LevelInfo, config_hash
 from lightning_lottery.ticket import Ticket
@@ -131,8 +131,9 @@ class PruningScheduler:
 
     def run(self) -> list[dict[str, Any]]:
         """Run (or finish) every run of the experiment; returns the results rows."""
-        self.preflight()
-        return launch.launch(self)
+        with lightning_banners_off():
+            self.preflight()
+            return launch.launch(self)
 
     # ---------------------------------------------------------------------------------- the walk (every rank)
     def _run(self) -> list[dict[str, Any]]:

@@ -215,3 +215,18 @@ def test_early_stop_test_uses_the_weights_of_the_best_validation_and_keeps_the_f
     tester = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     (result,) = tester.test(probe, datamodule=TinyData(), verbose=False)
     assert result["test_acc"] == pytest.approx(row["early_stop_test_acc"], abs=1e-6)
+
+
+def test_the_scheduler_is_quiet_from_python(tmp_path, capfd, caplog):
+    """No progress bar, model summary or device banner per fit: the progress lines are the scheduler's own."""
+    import logging
+
+    trainer = dict(max_steps=12, accelerator="cpu")  # the user asked for nothing about bars or summaries
+    level_before = logging.getLogger("lightning.pytorch").level
+    PruningScheduler(TinyMLP(), TinyData(), trainer_kwargs=trainer, levels=1, rate=0.5, val_every_n_steps=4,
+                     out_dir=str(tmp_path), stream=None).run()
+    out, err = capfd.readouterr()
+    logged = " ".join(record.getMessage() for record in caplog.records)
+    for noise in ("GPU available", "Trainable params", "Epoch 0", "`Trainer.fit` stopped"):
+        assert noise not in out + err + logged, noise
+    assert logging.getLogger("lightning.pytorch").level == level_before  # the user's logging is left as it was
