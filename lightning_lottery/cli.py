@@ -205,15 +205,15 @@ def run_retrain(parser: ArgumentParser, cfg: Namespace) -> int:
 
 def run_report(parser: ArgumentParser, cfg: Namespace) -> int:
     """Write the local report; with ``--wandb`` publish the W&B Report too."""
-
     from lightning_lottery.report import build_report, publish_wandb_report
-    from lightning_lottery.store import read_json
+    from lightning_lottery.store import ExperimentStore, read_json
 
     root = Path(cfg.experiment_dir)
     if not (root / "results.json").is_file():
         raise FileNotFoundError(f"{root} has no results.json (not an experiment directory?)")
     html = build_report(root, cfg.output_dir)
-    print(f"report: {html}")
+    progress = ExperimentStore(root).progress()
+    print(f"report: {html}" + ("" if progress.complete else f" ({progress.describe()}; rerun find to finish it)"))
     if cfg.wandb:
         recipe = read_json(root / "experiment.json").get("config", {})
         project = cfg.project or recipe.get("wandb", {}).get("project") or WandbSettings().project

@@ -244,3 +244,17 @@ def test_an_experiment_reruns_from_its_directory_alone(tmp_path, capsys):
     assert main(["find", "--resume", str(out)]) == 0  # the recorded recipe: the same experiment, nothing retrained
     assert main(["find", "--config", str(out / "experiment.json")]) == 0
     assert ticket.stat().st_mtime_ns == stamp and (out / "results.csv").read_text() == before
+
+
+def test_report_of_a_partial_experiment_says_it_is_incomplete(tmp_path, capsys):
+    out = tmp_path / "exp"
+    assert main(["find", "-c", SMOKE, "--lottery.out_dir", str(out), "--lottery.levels", "1", *FAST,
+                 "--wandb.enabled", "false"]) == 0
+    assert main(["report", str(out)]) == 0
+    assert "incomplete" not in capsys.readouterr().out
+    import shutil
+
+    shutil.rmtree(out / "replicate_0" / "ticket" / "level_01")  # as if the run had not finished
+    assert main(["report", str(out)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.endswith("(incomplete: 1 of 2 runs done (1 of 2 levels); rerun find to finish it)"), line
