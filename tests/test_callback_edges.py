@@ -1,4 +1,4 @@
-"""LotteryTicket used in ways it cannot silently get wrong: each test reproduces a user's report (docs/reliability_callback.md).
+"""LotteryTicket used in ways it cannot silently get wrong: each test reproduces a user's report (docs/reliability.md, section A).
 
 1. epoch budgets after a mid-epoch rewind, 2. the same Trainer for the next fit, 3. resuming with a differently
 configured callback, 4. tied weights, 5. modules with ``get_extra_state``, 6. several ``opt.step()`` per batch with
