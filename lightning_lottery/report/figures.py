@@ -1,5 +1,6 @@
 """The report's figures (matplotlib, no pyplot): accuracy and early stopping vs % remaining, per-layer remaining
-fraction per level (the main branch) and validation-loss curves per level; :func:`render_figures` makes their PNGs.
+fraction per level (the main branch) and validation-loss curves per level; :func:`render_all` makes their PNGs and
+SVGs.
 """
 
 from __future__ import annotations
@@ -10,39 +11,65 @@ from typing import TYPE_CHECKING, Any
 
 from lightning_lottery.aggregate import aggregate, branch_sort_key
 from lightning_lottery.report.record import ExperimentRecord, main_branch
-from lightning_lottery.report.style import RC_STYLE, branch_colors, new_figure, png_bytes, tick_label
+from lightning_lottery.report.style import RC_STYLE, branch_colors, figure_bytes, new_figure, tick_label
+from lightning_lottery.report.verdict import training_budget
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["FIGURES", "render_figures"]
+__all__ = ["FIGURES", "MAX_CURVES", "captions", "render_all", "render_figures", "shown_levels"]
 
 #: The figures of the report: file stem → caption.
 FIGURES: dict[str, str] = {
     "accuracy": "Test accuracy vs % of weights remaining (log scale, decreasing); dashed: the dense network.",
-    "early_stop": "Early-stopping iteration (minimum validation loss) vs % of weights remaining.",
+    "early_stop": "Early-stopping iteration (minimum validation loss) vs % of weights remaining, from iteration 0.",
     "layers": "Weights remaining per layer at each level.",
     "val_loss": "Validation loss during training, one colour per level; dots: minimum validation loss (early stop).",
 }
 
 
+def _label_ticks(values: Sequence[float], max_labels: int = 12) -> list[float]:
+    """The measured values that get a label: at least 1/``max_labels`` of the log span apart, the first and the
+    last always (a label too close to the last one gives way).
+
+    Example:
+        >>> _label_ticks([100, 80, 64, 51.2, 41, 32.8])
+        [100, 80, 64, 51.2, 41, 32.8]
+        >>> _label_ticks([100, 99, 98, 50, 49, 10], max_labels=6)
+        [100, 50, 10]
+    """
+    logs = [math.log10(v) for v in values]
+    gap = (logs[0] - logs[-1]) / max_labels
+    kept = [0]
+    for i in range(1, len(values)):
+        if logs[kept[-1]] - logs[i] >= gap:
+            kept.append(i)
+    if kept[-1] != len(values) - 1:
+        if len(kept) > 1 and logs[kept[-1]] - logs[-1] < gap:
+            kept.pop()
+        kept.append(len(values) - 1)
+    return [values[i] for i in kept]
+
+
 def _remaining_axis(ax: Axes, percents: Sequence[float]) -> None:
-    """Log-scaled x axis of % remaining, decreasing left to right, ticks at the levels' values."""
-    from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
+    """Log-scaled x axis of % remaining, decreasing left to right: a tick at every measured level, labels on those
+    far enough apart to be read (the others keep a short unlabelled tick)."""
+    from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter
 
     values = sorted({round(p, 6) for p in percents if p and p > 0}, reverse=True)
     if not values:
         return
     ax.set_xscale("log")
     ax.set_xlim(values[0] * 1.15, values[-1] / 1.15)
-    step = max(1, math.ceil(len(values) / 9))
-    ticks = values[::step]
-    if ticks[-1] != values[-1]:
-        ticks[-1] = values[-1]
-    ax.xaxis.set_major_locator(FixedLocator(ticks))
-    ax.xaxis.set_major_formatter(FixedFormatter([tick_label(t) for t in ticks]))
-    ax.xaxis.set_minor_locator(NullLocator())
+    labelled = _label_ticks(values)
+    ax.xaxis.set_major_locator(FixedLocator(labelled))
+    ax.xaxis.set_major_formatter(FixedFormatter([tick_label(t) for t in labelled]))
+    ax.xaxis.set_minor_locator(FixedLocator([v for v in values if v not in labelled]))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.tick_params(axis="x", which="minor", length=3, width=0.8)
+    if len(labelled) > 8:
+        ax.tick_params(axis="x", which="major", labelsize=8.5)
     ax.set_xlabel("% of weights remaining (log scale)")
 
 
@@ -99,7 +126,8 @@ def _legend_below(fig: Figure, axes: Sequence[Axes], with_ci: bool) -> None:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
     if handles:
-        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=min(4, len(handles)),
+        per_row = 4 if fig.get_figwidth() >= 9 else 3  # a legend row never wider than the figure
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=min(per_row, len(handles)),
                    frameon=False, title="mean over replicates; shaded: 95% CI" if with_ci else None,
                    title_fontsize=8.5)
 
@@ -118,12 +146,19 @@ def _plot_accuracy(stats: Sequence[Mapping[str, Any]], colors: Mapping[str, str]
     return fig
 
 
-def _plot_early_stop(stats: Sequence[Mapping[str, Any]], colors: Mapping[str, str], title: str) -> Figure:
-    """Early-stopping iteration vs % remaining."""
+def _plot_early_stop(stats: Sequence[Mapping[str, Any]], colors: Mapping[str, str], title: str,
+                     budget: int | None) -> Figure:
+    """Early-stopping iteration vs % remaining, from iteration 0 up to the training budget (dashed)."""
     fig = new_figure(6.4, 4.8)
     ax = fig.subplots()
+    if budget:  # drawn first: the references head the legend
+        ax.axhline(budget, color="#8b0000", ls=(0, (6, 3)), lw=1.2, zorder=1, label=f"training budget ({budget} it)")
     ci = _curve_panel(ax, stats, "early_stop_iter", 1.0, colors, "Early-stopping iteration (minimum validation loss)",
-                      "Iteration", clip=(0.0, math.inf))
+                      "Iteration", clip=(0.0, float(budget) if budget else math.inf))
+    if budget:
+        ax.set_ylim(0, budget * 1.06)
+    else:
+        ax.set_ylim(bottom=0)
     _legend_below(fig, (ax,), ci)
     fig.suptitle(title)
     return fig
@@ -185,12 +220,28 @@ def _mean_curve(histories: Sequence[Sequence[Mapping[str, Any]]]) -> tuple[list[
     return steps, [sum(by_step[s]) / len(by_step[s]) for s in steps]
 
 
-def _plot_val_loss(rows: Sequence[Mapping[str, Any]], title: str) -> Figure | None:
-    """Validation-loss curves, one panel per branch, one colour per level; ``None`` without histories."""
-    from matplotlib import colormaps
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import BoundaryNorm
+#: At most this many levels get a validation curve (evenly spaced, the dense and the last level always).
+MAX_CURVES = 6
 
+
+def shown_levels(levels: Sequence[int], limit: int = MAX_CURVES) -> list[int]:
+    """The levels whose validation curves are drawn: all up to ``limit``, else ``limit`` evenly spaced ones,
+    the first and the last included.
+
+    Example:
+        >>> shown_levels(range(15))
+        [0, 3, 6, 8, 11, 14]
+        >>> shown_levels([0, 1, 2])
+        [0, 1, 2]
+    """
+    levels = sorted(levels)
+    if len(levels) <= limit:
+        return levels
+    return sorted({levels[round(i * (len(levels) - 1) / (limit - 1))] for i in range(limit)})
+
+
+def _val_loss_groups(rows: Sequence[Mapping[str, Any]]) -> tuple[dict[tuple[str, int], list[Any]], dict[int, float]]:
+    """Validation histories per (branch, level), and the mean remaining fraction per level."""
     groups: dict[tuple[str, int], list[Any]] = {}
     remaining: dict[int, list[float]] = {}
     for row in rows:
@@ -198,21 +249,42 @@ def _plot_val_loss(rows: Sequence[Mapping[str, Any]], title: str) -> Figure | No
             groups.setdefault((str(row.get("branch", "ticket")), int(row["level"])), []).append(row["val_history"])
             if row.get("remaining") is not None:
                 remaining.setdefault(int(row["level"]), []).append(float(row["remaining"]))
+    return groups, {lv: sum(v) / len(v) for lv, v in remaining.items()}
+
+
+def val_loss_caption(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The caption of the validation-loss figure, naming the levels shown when not all of them are."""
+    groups, _ = _val_loss_groups(rows)
+    levels = sorted({lv for _, lv in groups})
+    shown = shown_levels(levels)
+    if len(shown) == len(levels):
+        return FIGURES["val_loss"]
+    return (FIGURES["val_loss"] + f" {len(shown)} of the {len(levels)} levels are shown (evenly spaced: "
+            + ", ".join(map(str, shown)) + "); the table and the other figures have all of them.")
+
+
+def _plot_val_loss(rows: Sequence[Mapping[str, Any]], title: str) -> Figure | None:
+    """Validation-loss curves, one panel per branch, one colour per shown level (at most :data:`MAX_CURVES`,
+    evenly spaced); ``None`` without histories."""
+    from matplotlib import colormaps
+
+    groups, remaining = _val_loss_groups(rows)
     if not groups:
         return None
     branches = sorted({b for b, _ in groups}, key=branch_sort_key)
     levels = sorted({lv for _, lv in groups})
+    shown = shown_levels(levels)
     ncols = min(3, len(branches))
     nrows = math.ceil(len(branches) / ncols)
-    fig = new_figure(4.2 * ncols + 1.3, 3.6 * nrows + 0.5)
+    fig = new_figure(4.2 * ncols + 0.6, 3.4 * nrows + 1.2)
     axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
     cmap = colormaps["viridis"]
-    bounds = [lv - 0.5 for lv in levels] + [levels[-1] + 0.5]
-    norm = BoundaryNorm(bounds, cmap.N)
-    lows, highs = [], []
+    colors = {lv: cmap(0.85 * i / max(1, len(shown) - 1)) for i, lv in enumerate(shown)}
+    labels = {lv: f"{lv} ({tick_label(100 * remaining[lv])}%)" if lv in remaining else str(lv) for lv in shown}
+    lows, highs, handles = [], [], {}
     for ax, branch in zip(axes, branches):
         reps = 1
-        for level in levels:
+        for level in shown:
             histories = groups.get((branch, level))
             if not histories:
                 continue
@@ -220,14 +292,15 @@ def _plot_val_loss(rows: Sequence[Mapping[str, Any]], title: str) -> Figure | No
             steps, losses = _mean_curve(histories)
             if not steps:
                 continue
-            color = cmap(norm(level))
-            ax.plot(steps, losses, color=color, lw=1.3)
+            [line] = ax.plot(steps, losses, color=colors[level], lw=1.4)
+            handles.setdefault(level, line)
             best = min(range(len(losses)), key=losses.__getitem__)
-            ax.plot([steps[best]], [losses[best]], "o", color=color, ms=4, mec="white", mew=0.6)
+            ax.plot([steps[best]], [losses[best]], "o", color=colors[level], ms=4.5, mec="white", mew=0.6)
             lows.append(min(losses))
             highs.append(sorted(losses)[len(losses) // 2])
         ax.set_title(branch if reps == 1 else f"{branch} (mean of {reps} replicates)")
         ax.set_xlabel("Training iteration")
+        ax.set_xlim(left=0)
     for ax in axes[len(branches):]:
         ax.set_visible(False)
     for ax in axes[::ncols]:
@@ -236,21 +309,19 @@ def _plot_val_loss(rows: Sequence[Mapping[str, Any]], title: str) -> Figure | No
         low, high = min(lows), max(highs)
         pad = 0.08 * (high - low or abs(high) or 1.0)
         axes[0].set_ylim(low - pad, high + 3 * pad)
-    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=list(axes[: len(branches)]), pad=0.02,
-                       fraction=0.04 if ncols > 1 else 0.06)
-    step = max(1, math.ceil(len(levels) / 12))
-    shown = levels[::step]
-    bar.set_ticks(shown)
-    bar.set_ticklabels([f"{lv} ({tick_label(100 * sum(remaining[lv]) / len(remaining[lv]))}%)"
-                        if remaining.get(lv) else str(lv) for lv in shown])
-    bar.set_label("Level (% of weights remaining)")
-    bar.minorticks_off()
+    order = [lv for lv in shown if lv in handles]
+    heading = "Level (% of weights remaining)" + (
+        "" if len(shown) == len(levels) else f": {len(shown)} of {len(levels)} levels shown, evenly spaced")
+    fig.legend([handles[lv] for lv in order], [labels[lv] for lv in order], loc="outside lower center",
+               ncol=max(1, min(len(order), int(fig.get_figwidth() / 1.3))), frameon=False, title=heading,
+               title_fontsize=8.5)
     fig.suptitle(title)
     return fig
 
 
-def render_figures(record: ExperimentRecord, title: str) -> dict[str, bytes | None]:
-    """The PNG bytes of each of :data:`FIGURES` (``None`` where the results lack its data)."""
+def render_all(record: ExperimentRecord, title: str, formats: Sequence[str] = ("png", "svg")
+               ) -> dict[str, dict[str, bytes] | None]:
+    """The bytes of each of :data:`FIGURES` in each of ``formats`` (``None`` where the results lack its data)."""
     import matplotlib
     from matplotlib import style
 
@@ -260,8 +331,23 @@ def render_figures(record: ExperimentRecord, title: str) -> dict[str, bytes | No
     with style.context("default"), matplotlib.rc_context(RC_STYLE):
         figures = {
             "accuracy": _plot_accuracy(stats, colors, title),
-            "early_stop": _plot_early_stop(stats, colors, title),
+            "early_stop": _plot_early_stop(stats, colors, title, training_budget(record.rows)),
             "layers": _plot_layers(record.rows, main_branch(record), title),
             "val_loss": _plot_val_loss(record.rows, title),
         }
-        return {name: (png_bytes(fig) if fig is not None else None) for name, fig in figures.items()}
+        return {name: (figure_bytes(fig, formats) if fig is not None else None) for name, fig in figures.items()}
+
+
+def render_figures(record: ExperimentRecord, title: str) -> dict[str, bytes | None]:
+    """The PNG bytes of each of :data:`FIGURES` (``None`` where the results lack its data)."""
+    return {name: (out["png"] if out else None) for name, out in render_all(record, title, ("png",)).items()}
+
+
+def captions(record: ExperimentRecord) -> dict[str, str]:
+    """The caption of each figure: :data:`FIGURES`, with the training budget and the levels shown filled in."""
+    out = dict(FIGURES)
+    budget = training_budget(record.rows)
+    if budget:
+        out["early_stop"] += f" Dashed red: the training budget ({budget} iterations)."
+    out["val_loss"] = val_loss_caption(record.rows)
+    return out

@@ -1,5 +1,5 @@
-"""The HTML page of the report (self-contained: images embedded as base64), its Blalock et al. (2020) checklist
-and :func:`build_report`, which writes the page, the PNGs, ``summary.csv`` and ``aggregate.csv``."""
+"""The HTML page of the report (self-contained: images embedded as base64), its verdict, its Blalock et al. (2020)
+checklist and :func:`build_report`, which writes the page, the PNGs and SVGs, ``summary.csv`` and ``aggregate.csv``."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from typing import Any
 
 from lightning_lottery.aggregate import branch_sort_key, write_aggregate
 from lightning_lottery.atomic import atomic_write_bytes
-from lightning_lottery.report.figures import FIGURES, render_figures
+from lightning_lottery.report.figures import captions, render_all
 from lightning_lottery.report.record import ExperimentRecord, load_experiment, main_branch, triple
 from lightning_lottery.report.table import summary_table, table_csv, table_html
+from lightning_lottery.report.verdict import verdict_html, verdict_of
 from lightning_lottery.store import ExperimentStore
 
 __all__ = ["build_report"]
@@ -31,6 +32,9 @@ td:first-child,th:first-child{text-align:left}
 figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.88em;color:#555}pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:.82em}
 .note{color:#8a5a00}ul.checks{list-style:none;padding-left:.5em}
+#verdict{border-left:4px solid #1f77b4;background:#f5f9fd;padding:.2em 1em .4em;margin:1em 0}
+#verdict.verdict-none{border-color:#b22222;background:#fdf5f5}#verdict.verdict-undecided{border-color:#999}
+#verdict h2{border:none;margin:.4em 0 .2em}#verdict .headline{font-size:1.05em;margin:.3em 0}
 """
 
 
@@ -67,7 +71,8 @@ def _checks(record: ExperimentRecord, table: Sequence[Mapping[str, Any]]) -> lis
 
 def _html(record: ExperimentRecord, table: Sequence[Mapping[str, Any]], images: Mapping[str, bytes | None],
           notes: Sequence[str]) -> str:
-    """The self-contained page: header, notes, table, embedded figures, checklist."""
+    """The self-contained page: header, verdict, notes, table, embedded figures (and links to their SVGs),
+    checklist."""
     dataset, arch, metric = triple(record.config)
     fmt, config_text = _config_text(record.config)
     esc = html.escape
@@ -81,6 +86,7 @@ def _html(record: ExperimentRecord, table: Sequence[Mapping[str, Any]], images: 
         f"network(s) · branches: {esc(', '.join(sorted({e['branch'] for e in table}, key=branch_sort_key)))}</p>",
         (f'<p id="progress" class="note"><b>{esc(record.progress.describe())}</b></p>'
          if record.progress is not None and not record.progress.complete else ""),
+        verdict_html(verdict_of(record, table)),
         f'<details id="config"><summary>Configuration ({fmt})</summary><pre>{esc(config_text)}</pre></details>',
     ]
     if notes:
@@ -91,13 +97,13 @@ def _html(record: ExperimentRecord, table: Sequence[Mapping[str, Any]], images: 
                  "the dense prunable layers / those of the alive weights (one sample).</p>")
     parts.append(table_html(table, with_speedup=record.costs is not None))
     parts.append("<h2>Figures</h2>")
-    for name, caption in FIGURES.items():
+    for name, caption in captions(record).items():
         data = images.get(name)
         if data is None:
             continue
         b64 = base64.b64encode(data).decode("ascii")
         parts.append(f'<figure id="fig-{name}"><img alt="{esc(caption)}" src="data:image/png;base64,{b64}">'
-                     f"<figcaption>{esc(caption)}</figcaption></figure>")
+                     f'<figcaption>{esc(caption)} <a href="{name}.svg">SVG</a></figcaption></figure>')
     parts.append("<h2>Reporting checklist (Blalock et al., 2020)</h2><ul class=\"checks\">")
     parts.extend(f"<li>{'✔' if ok else '✘'} {esc(text)}</li>" for ok, text in _checks(record, table))
     parts.append("</ul></body></html>\n")
@@ -106,7 +112,8 @@ def _html(record: ExperimentRecord, table: Sequence[Mapping[str, Any]], images: 
 
 def build_report(experiment_dir: str | os.PathLike, output_dir: str | os.PathLike | None = None) -> Path:
     """Write the report of ``experiment_dir`` into ``output_dir`` (default ``experiment_dir/report``) and return
-    the path of its ``report.html``; the directory also gets the PNGs, ``summary.csv`` and ``aggregate.csv``.
+    the path of its ``report.html``; the directory also gets each figure as PNG and SVG, ``summary.csv`` and
+    ``aggregate.csv``. The page opens with the verdict (:func:`~lightning_lottery.report.verdict.verdict_of`).
 
     Reads only the experiment directory, through the store (``experiment.json``, the runs' metrics or
     ``results.json``, ``costs.json``); every file is written atomically. Without ``costs.json`` the speedup
@@ -118,8 +125,9 @@ def build_report(experiment_dir: str | os.PathLike, output_dir: str | os.PathLik
         >>> _ = (out / "results.json").write_text(json.dumps(
         ...     [{"branch": "ticket", "replicate": 0, "level": 0, "remaining": 1.0, "test_acc": 0.9}]))
         >>> html_path = build_report(out, out / "elsewhere")
-        >>> sorted(p.name for p in html_path.parent.iterdir())
-        ['accuracy.png', 'aggregate.csv', 'early_stop.png', 'report.html', 'summary.csv']
+        >>> sorted(p.name for p in html_path.parent.iterdir())  # doctest: +NORMALIZE_WHITESPACE
+        ['accuracy.png', 'accuracy.svg', 'aggregate.csv', 'early_stop.png', 'early_stop.svg', 'report.html',
+         'summary.csv']
     """
     record = load_experiment(experiment_dir)
     out = Path(output_dir) if output_dir is not None else ExperimentStore(record.root).report_dir
@@ -130,14 +138,15 @@ def build_report(experiment_dir: str | os.PathLike, output_dir: str | os.PathLik
         notes.append("Theoretical speedup omitted: this experiment directory has no costs.json (it was written "
                      "before the scheduler recorded per-layer multiply-accumulates).")
     table = summary_table(record.rows, record.costs)
-    images = render_figures(record, title)
+    files = render_all(record, title, ("png", "svg"))
+    images = {name: (out["png"] if out else None) for name, out in files.items()}
     if images.get("layers") is None:
         notes.append("Per-layer figure omitted: the results have no per-layer counts ('layers').")
     if images.get("val_loss") is None:
         notes.append("Validation-loss figure omitted: the results have no validation history ('val_history').")
-    for name, data in images.items():
-        if data is not None:
-            atomic_write_bytes(out / f"{name}.png", data)
+    for name, out_files in files.items():
+        for fmt, data in (out_files or {}).items():
+            atomic_write_bytes(out / f"{name}.{fmt}", data)
     atomic_write_bytes(out / "summary.csv", table_csv(table, with_speedup=record.costs is not None).encode())
     write_aggregate(record.rows, out / "aggregate.csv")
     html_path = out / "report.html"

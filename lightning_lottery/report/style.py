@@ -1,4 +1,4 @@
-"""The look of the report's figures: branch colours, matplotlib style, figure size and PNG output."""
+"""The look of the report's figures: branch colours, matplotlib style, figure size and PNG / SVG output."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["BRANCH_COLORS", "DPI", "RC_STYLE", "branch_colors", "new_figure", "png_bytes", "tick_label"]
+__all__ = ["BRANCH_COLORS", "DPI", "RC_STYLE", "branch_colors", "figure_bytes", "new_figure", "png_bytes", "svg_bytes",
+           "tick_label"]
 
 #: Fixed colours of the known branches (others get the next free ones).
 BRANCH_COLORS: dict[str, str] = {
@@ -21,7 +22,8 @@ _SPARE_COLORS = ("#e377c2", "#7f7f7f", "#bcbd22", "#393b79", "#637939", "#8c6d31
 DPI = 110
 #: matplotlib rc settings of every figure.
 RC_STYLE = {
-    "svg.hashsalt": "lightning-lottery",  # deterministic SVG ids, should anyone save SVGs under this context
+    "svg.hashsalt": "lightning-lottery",  # deterministic SVG ids (clip paths, markers)
+    "svg.fonttype": "none",  # text stays text: small, searchable, deterministic
     "font.size": 9.5,
     "axes.titlesize": 10.5,
     "axes.labelsize": 9.5,
@@ -32,6 +34,7 @@ RC_STYLE = {
     "axes.spines.right": False,
 }
 _PNG_METADATA = {"Software": None}  # no version string; matplotlib writes no date into PNGs
+_SVG_METADATA = {"Date": None, "Creator": None}  # no date, no version string
 
 
 def branch_colors(branches: Sequence[str]) -> dict[str, str]:
@@ -64,3 +67,32 @@ def png_bytes(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, metadata=_PNG_METADATA, facecolor="white")
     return buf.getvalue()
+
+
+def svg_bytes(fig: Figure) -> bytes:
+    """``fig`` as SVG bytes, without a date or a version string, under :data:`RC_STYLE`'s SVG settings
+    (deterministic ids, text as text); save under :data:`RC_STYLE` as a whole for the same layout."""
+    import matplotlib
+
+    buf = io.BytesIO()
+    with matplotlib.rc_context({k: v for k, v in RC_STYLE.items() if k.startswith("svg.")}):
+        fig.savefig(buf, format="svg", metadata=_SVG_METADATA, facecolor="white")
+    return buf.getvalue()
+
+
+def figure_bytes(fig: Figure, formats: Sequence[str] = ("png", "svg")) -> dict[str, bytes]:
+    """``fig`` in each of ``formats`` (``"png"``, ``"svg"``).
+
+    Example:
+        >>> import matplotlib
+        >>> def render():
+        ...     with matplotlib.rc_context(RC_STYLE):
+        ...         fig = new_figure(2, 1)
+        ...         _ = fig.subplots().plot([0, 1], [1, 0])
+        ...         return figure_bytes(fig)
+        >>> out = render()
+        >>> out["png"][1:4], out["svg"][:5], b"<dc:date>" in out["svg"], out == render()
+        (b'PNG', b'<?xml', False, True)
+    """
+    writers = {"png": png_bytes, "svg": svg_bytes}
+    return {fmt: writers[fmt](fig) for fmt in formats}
