@@ -255,7 +255,8 @@ class PruningScheduler:
     def _start_tracking(self) -> None:
         assert self.wandb is not None
         self._tracker = WandbTracker(self.wandb, self.experiment_id, config_hash(self.identity),
-                                     self.experiment_config, self.store.root)
+                                     self.experiment_config, self.store.root, store=self.store,
+                                     main_branch=self.plan.main)
         mode, where = self.wandb.resolved_mode(), self._tracker.dir / "wandb"
         self._say(f"[lottery] W&B {mode}: group {self.experiment_id} in project {self.wandb.project}"
                   + (f"; offline runs in {where} (upload later: wandb sync {where}/offline-run-*)"

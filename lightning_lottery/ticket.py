@@ -115,7 +115,9 @@ def resolve_ticket(ref: str | os.PathLike, cache_dir: str | os.PathLike | None =
 
     W&B references look like ``wandb:ENTITY/PROJECT/NAME:ALIAS`` (the ``wandb:`` prefix may be left out when the
     reference is not an existing path). Fetching needs a W&B login and network; without them one ``RuntimeError``
-    says so.
+    says so. With an active W&B run (``wandb.run``) the artifact is fetched through ``wandb.run.use_artifact``, so
+    W&B's lineage shows that run using the ticket; without one (``lightning-lottery retrain`` starts none) through
+    ``wandb.Api().artifact``: downloaded, but no run records the use.
 
     Example:
         >>> resolve_ticket("no/such/file.safetensors")
@@ -137,7 +139,9 @@ def resolve_ticket(ref: str | os.PathLike, cache_dir: str | os.PathLike | None =
     import wandb
 
     try:
-        artifact = wandb.Api(timeout=30).artifact(text, type="lottery-ticket")
+        run = wandb.run
+        artifact = (run.use_artifact(text, type="lottery-ticket") if run is not None and not run.offline
+                    else wandb.Api(timeout=30).artifact(text, type="lottery-ticket"))
         directory = Path(artifact.download(root=str(cache_dir) if cache_dir else None))
     except Exception as err:  # no login, no network, no such artifact: one line
         raise RuntimeError(f"cannot fetch W&B artifact {text!r}: {err}".splitlines()[0]) from err

@@ -76,3 +76,12 @@ def test_typed_package_and_license_are_shipped(installed):
     assert "Apache License" in next(dist_info.rglob("LICENSE")).read_text()
     metadata = (dist_info / "METADATA").read_text()
     assert "License-Expression: Apache-2.0" in metadata and "Classifier: Typing :: Typed" in metadata
+
+
+def test_every_subpackage_is_listed_in_pyproject():
+    """pyproject.toml lists the packages by hand (the recipes are mapped from recipes/): none may be forgotten."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "lightning_lottery").rglob("__init__.py")}
+    assert listed == found | {"lightning_lottery.recipes"}

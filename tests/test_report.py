@@ -111,11 +111,16 @@ def test_report_embeds_figures_and_table_matches_results(experiment):
     html_path = build_report(experiment)
     assert html_path == experiment / "report" / "report.html"
     page = _parse(html_path)
-    # every figure is embedded as a PNG, identical to the file written next to the report
+    # every figure is embedded as a PNG, identical to the file written next to the report, and has an SVG there
     assert set(page.images) == set(FIGURES)
     for name, data in page.images.items():
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
         assert (html_path.parent / f"{name}.png").read_bytes() == data
+        svg = (html_path.parent / f"{name}.svg").read_bytes()
+        assert svg.startswith(b"<?xml") and b"<svg" in svg and b"<dc:date>" not in svg and b"Matplotlib v" not in svg
+        assert f'<a href="{name}.svg">SVG</a>' in html_path.read_text()
+    assert sorted(p.name for p in html_path.parent.iterdir()) == sorted(
+        [*(f"{n}.{ext}" for n in FIGURES for ext in ("png", "svg")), "aggregate.csv", "report.html", "summary.csv"])
     assert "src=\"http" not in html_path.read_text() and "<link" not in html_path.read_text()
     # header: id, (dataset, architecture, metric) triple, collapsible configuration
     assert {"experiment-id", "dataset", "architecture", "metric", "config"} <= page.ids
@@ -162,7 +167,8 @@ def test_regenerating_from_a_copy_is_identical(experiment, tmp_path):
     second = build_report(copy)
     assert first.read_bytes() == second.read_bytes()  # the whole HTML, table included
     for name in FIGURES:
-        assert (first.parent / f"{name}.png").read_bytes() == (second.parent / f"{name}.png").read_bytes()
+        for ext in ("png", "svg"):
+            assert (first.parent / f"{name}.{ext}").read_bytes() == (second.parent / f"{name}.{ext}").read_bytes()
     assert (first.parent / "summary.csv").read_bytes() == (second.parent / "summary.csv").read_bytes()
 
 
@@ -182,17 +188,17 @@ def test_wandb_report_built_offline(experiment, monkeypatch):
     report = build_wandb_report(experiment, project="p")
     assert isinstance(report, wr.Report) and report.project == "p" and EXPERIMENT_ID in report.title
     grids = [b for b in report.blocks if isinstance(b, wr.PanelGrid)]
-    assert len(grids) == 1
-    [runset] = grids[0].runsets
-    assert runset.project == "p" and EXPERIMENT_ID in runset.filters and "Group" in runset.filters
-    assert "config:level.value" in runset.pinned_columns and "summary:test_acc" in runset.visible_columns
-    panels = {(type(p).__name__, getattr(p, "y", None) if not isinstance(p, wr.LinePlot) else tuple(p.y))
-              for p in grids[0].panels}
-    assert ("ScatterPlot", wr.SummaryMetric("test_acc")) in panels
-    assert ("ScatterPlot", wr.SummaryMetric("early_stop_iter")) in panels
-    assert ("ScatterPlot", wr.SummaryMetric("early_stop_test_acc")) in panels
-    assert ("LinePlot", ("val_loss",)) in panels
-    assert all(p.x == wr.Config("remaining") and p.log_x for p in grids[0].panels if isinstance(p, wr.ScatterPlot))
+    assert len(grids) == 2  # curves grouped by branch; (branch, level) groups (tests/test_wandb_report.py: more)
+    for grid in grids:
+        [runset] = grid.runsets
+        assert runset.project == "p" and EXPERIMENT_ID in runset.filters and "Group" in runset.filters
+        assert "config:level.value" in runset.pinned_columns and "summary:test_acc" in runset.visible_columns
+    assert [g.runsets[0].groupby for g in grids] == [["config.branch"], ["config.branch", "config.level"]]
+    curves = [p for p in grids[0].panels if isinstance(p, wr.LinePlot)]
+    assert {tuple(p.y) for p in curves} == {("lottery/test_acc",), ("lottery/early_stop_test_acc",),
+                                           ("lottery/early_stop_iter",)}
+    assert all(p.x == "lottery/remaining_pct" and p.log_x and p.groupby_rangefunc == "stderr" for p in curves)
+    assert ("val_loss",) in {tuple(p.y) for p in grids[1].panels if isinstance(p, wr.LinePlot)}
     markdown = [b.text for b in report.blocks if isinstance(b, wr.MarkdownBlock)]
     assert any("| ticket | 2 | 2 |" in text for text in markdown)  # the aggregated table, from the directory
     # the whole spec serialises without any network access
@@ -280,3 +286,79 @@ def test_wandb_report_names_the_main_line(weights_rewind_experiment, monkeypatch
     markdown = [b["content"] for b in spec["spec"]["blocks"] if b["type"] == "markdown-block"]
     assert any("Sparsest weights_rewind: 25% of weights remaining, test accuracy 80.00%." in m for m in markdown)
     assert not any("Sparsest random_mask" in m for m in markdown)
+
+
+def test_the_verdict_opens_the_page(experiment):
+    text = build_report(experiment).read_text()
+    assert "verdict" in _parse(experiment / "report" / "report.html").ids
+    start = text.index('<section id="verdict"')
+    assert start < text.index('<details id="config"') < text.index('<table id="results"')
+    verdict = text[start:text.index("</section>", start)]
+    # ticket 2 levels: 92.5% (level 1), 93% (level 2) vs dense 91% ± CI; random_reinit at level 2: 72%
+    assert "Winning ticket: ticket at level 2" in verdict and "mean ≥ dense mean − the dense 95% CI" in verdict
+    assert "random_reinit falls 21.0 pp below the ticket" in verdict and "Not run: random_mask." in verdict
+    assert ("It learns faster: early stop at 250 ± 635 vs 450 ± 635 for the dense network (training budget 800 it); "
+            "the 95% CIs overlap." in verdict)
+
+
+def _many_levels_rows(levels: int = 15, reps: int = 3, steps: int = 3000) -> list[dict]:
+    """A synthetic experiment: ``levels`` levels of 20% pruning, a ticket and two controls, ``reps`` replicates."""
+    rows = []
+    for branch in ("ticket", "random_reinit", "random_mask"):
+        for rep in range(reps):
+            for level in range(0 if branch == "ticket" else 1, levels):
+                gap = 0.0 if branch == "ticket" else 0.004 * level
+                stop = min(steps, 2800 - 100 * level + 100 * rep if branch == "ticket" else 2900 + 50 * rep)
+                history = [{"step": s, "val_loss": 0.3 + 0.5 / (1 + s / 300) + gap + 1e-5 * max(0, s - stop)}
+                           for s in range(100, steps + 1, 100)]
+                rows.append({"branch": branch, "replicate": rep, "level": level, "remaining": 0.8 ** level,
+                             "alive": round(10_000 * 0.8 ** level), "total": 10_000, "steps": steps,
+                             "test_acc": 0.87 + 0.001 * rep - gap, "early_stop_iter": stop,
+                             "early_stop_test_acc": 0.871 - gap, "val_history": history})
+    return rows
+
+
+@pytest.fixture
+def many_levels(tmp_path) -> Path:
+    root = tmp_path / "exp15"
+    root.mkdir()
+    (root / "results.json").write_text(json.dumps(_many_levels_rows()))
+    return root
+
+
+def test_figures_stay_readable_with_15_levels(many_levels, monkeypatch):
+    from lightning_lottery.report import figures
+
+    made = {}
+    for name in ("_plot_accuracy", "_plot_early_stop", "_plot_val_loss"):
+        def spy(*args, _original=getattr(figures, name), _name=name):
+            made[_name] = fig = _original(*args)
+            return fig
+        monkeypatch.setattr(figures, name, spy)
+    html_path = build_report(many_levels)
+    measured = sorted({round(100 * 0.8 ** lv, 6) for lv in range(15)})
+
+    # accuracy and early stop: a tick at every measured level, labels readable (first and last included, apart)
+    for ax in [*made["_plot_accuracy"].axes, *made["_plot_early_stop"].axes]:
+        major, minor = list(ax.xaxis.get_majorticklocs()), list(ax.xaxis.get_minorticklocs())
+        assert sorted(round(t, 6) for t in major + minor) == measured
+        assert max(major) == 100 and min(major) == measured[0] and 5 <= len(major) <= 12
+    # early stop: the axis starts at 0 and marks the training budget
+    [ax] = made["_plot_early_stop"].axes
+    assert ax.get_ylim()[0] == 0 and ax.get_ylim()[1] >= 3000
+    [budget] = [line for line in ax.get_lines() if line.get_label() == "training budget (3000 it)"]
+    assert list(budget.get_ydata()) == [3000, 3000] and budget.get_linestyle() == "--"
+
+    # validation curves: 6 evenly spaced levels of 15 per panel (0 and 14 included), said in the legend and caption
+    fig = made["_plot_val_loss"]
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert [ax.get_title() for ax in panels] == [f"{b} (mean of 3 replicates)"
+                                                 for b in ("ticket", "random_mask", "random_reinit")]
+    assert all(len([ln for ln in ax.get_lines() if len(ln.get_xdata()) > 1]) <= 6 for ax in panels)
+    [legend] = fig.legends
+    assert legend.get_title().get_text().endswith("6 of 15 levels shown, evenly spaced")
+    assert [t.get_text().split()[0] for t in legend.get_texts()] == ["0", "3", "6", "8", "11", "14"]
+    assert "6 of the 15 levels are shown (evenly spaced: 0, 3, 6, 8, 11, 14)" in html_path.read_text()
+    assert "the training budget (3000 iterations)" in html_path.read_text()
+    for name in FIGURES:
+        assert (html_path.parent / f"{name}.svg").is_file() == (name != "layers")  # no per-layer counts here

@@ -13,18 +13,32 @@ from lightning_lottery.report.table import summary_table, table_markdown
 if TYPE_CHECKING:
     from wandb_workspaces.reports.v2 import Report
 
-__all__ = ["build_wandb_report", "publish_wandb_report"]
+__all__ = ["GROUPBY", "RANGE", "build_wandb_report", "publish_wandb_report"]
+
+#: How the report groups the runs: the replicates of one branch and level are one group.
+GROUPBY: tuple[str, ...] = ("config.branch", "config.level")
+#: The error band / bars of a group: the standard error of the mean over its runs (W&B's ``stderr``).
+RANGE = "stderr"
+#: The x of the accuracy curves: each run's % of weights remaining, logged once in its history.
+REMAINING_X = "lottery/remaining_pct"
 
 
 def build_wandb_report(experiment_dir: str | os.PathLike, project: str, entity: str | None = None) -> Report:
     """A W&B Report (``wandb_workspaces.reports.v2``, not saved) over the runs of the experiment's W&B group.
 
-    The runs are the levels (config ``level``, ``branch``, ``replicate``, ``remaining``; summary ``test_acc``,
-    ``early_stop_iter``, ``early_stop_test_acc``); the experiment's ``summary`` run is left out. Each run is one
-    point, so the accuracy and early-stopping charts are scatter plots of summary values against the config's
-    ``remaining`` (log x; W&B line plots only take logged history on x). Also a validation-loss line plot per
-    run and the runs table (its columns pinned to the level's keys). Works offline: nothing is sent; ``entity``
-    defaults to ``$WANDB_ENTITY`` (or empty, resolved by :func:`publish_wandb_report`).
+    The runs are the experiment's runs (config ``level``, ``branch``, ``replicate``, ``remaining_pct``; summary
+    ``test_acc``, ...); the experiment's ``summary`` run is left out. Two run sets over them:
+
+    - grouped by ``config.branch``: line plots of ``lottery/test_acc``, ``lottery/early_stop_test_acc`` and
+      ``lottery/early_stop_iter`` against ``lottery/remaining_pct`` (each run logs them once, at its last step;
+      W&B line plots take history on x, not config), log x, one line per branch: the mean over the runs at each
+      % remaining, i.e. over the replicates of a level, with a standard-error band (``groupby_rangefunc``);
+    - grouped by ``config.branch`` and ``config.level`` (:data:`GROUPBY`): the runs table with one row per
+      level, a bar chart of the test accuracy per group with standard-error bars, the validation loss per group
+      (mean ± standard error) and a scatter plot of every run (W&B's scatter plot has no grouping options).
+
+    Works offline: nothing is sent; ``entity`` defaults to ``$WANDB_ENTITY`` (or empty, resolved by
+    :func:`publish_wandb_report`).
 
     Example:
         >>> import json, pathlib, tempfile
@@ -33,7 +47,7 @@ def build_wandb_report(experiment_dir: str | os.PathLike, project: str, entity: 
         >>> _ = (out / "results.json").write_text(json.dumps([{"branch": "ticket", "level": 0, "remaining": 1.0}]))
         >>> report = build_wandb_report(out, project="p", entity="me")
         >>> report.title, report.project, len(report.blocks)
-        ('Lottery tickets: exp-1', 'p', 6)
+        ('Lottery tickets: exp-1', 'p', 8)
     """
     import wandb_workspaces.reports.v2 as wr
 
@@ -41,19 +55,24 @@ def build_wandb_report(experiment_dir: str | os.PathLike, project: str, entity: 
     entity = entity if entity is not None else os.environ.get("WANDB_ENTITY", "")
     dataset, arch, metric = triple(record.config)
     group = record.id.replace("'", "\\'")
-    runset = wr.Runset(
-        entity=entity, project=project, name=record.id,
-        filters=f"Metric('Group') = '{group}' and Metric('JobType') != 'summary'",
-        order=[wr.OrderBy("CreatedTimestamp", ascending=True)],
-        pinned_columns=["run:displayName", "config:branch.value", "config:level.value", "config:replicate.value",
-                        "config:remaining.value"],
-        visible_columns=["summary:test_acc", "summary:early_stop_iter", "summary:early_stop_test_acc",
-                         "summary:best_val_acc", "summary:min_val_loss", "summary:steps"],
-    )
+    levels_filter = f"Metric('Group') = '{group}' and Metric('JobType') != 'summary'"
 
-    def scatter(y: str, title: str, x: int, yy: int) -> Any:
-        return wr.ScatterPlot(title=title, x=wr.Config("remaining"), y=wr.SummaryMetric(y), log_x=True,
-                              layout=wr.Layout(x=x, y=yy, w=12, h=8))
+    def runset(name: str, groupby: list[str]) -> Any:
+        return wr.Runset(
+            entity=entity, project=project, name=name, filters=levels_filter, groupby=groupby,
+            order=[wr.OrderBy("CreatedTimestamp", ascending=True)],
+            pinned_columns=["run:displayName", "config:branch.value", "config:level.value",
+                            "config:replicate.value", "config:remaining_pct.value"],
+            visible_columns=["summary:test_acc", "summary:early_stop_iter", "summary:early_stop_test_acc",
+                             "summary:best_val_acc", "summary:min_val_loss", "summary:steps"],
+        )
+
+    def curve(y: str, title: str, x: int, yy: int) -> Any:
+        # one point per run in its history (``lottery/<key>`` at the run's last step); grouped by branch, W&B
+        # draws the mean over the runs at each x — the replicates of a level — and their standard error as a band
+        return wr.LinePlot(title=title, x=REMAINING_X, y=[y], log_x=True, title_x="% weights remaining",
+                           groupby=wr.Config("branch"), groupby_aggfunc="mean", groupby_rangefunc=RANGE,
+                           layout=wr.Layout(x=x, y=yy, w=12, h=8))
 
     table = summary_table(record.rows, record.costs)
     main = main_branch(record)
@@ -75,15 +94,28 @@ def build_wandb_report(experiment_dir: str | os.PathLike, project: str, entity: 
         description=f"{arch} on {dataset}: iterative magnitude pruning, one run per level and branch.",
         blocks=[
             wr.MarkdownBlock(text=summary_md),
-            wr.H2(text="Accuracy and early stopping vs weights remaining"),
+            wr.H2(text="Accuracy and early stopping vs weights remaining (mean ± standard error over replicates)"),
             wr.PanelGrid(
-                runsets=[runset],
+                runsets=[runset(f"{record.id} by branch", ["config.branch"])],
                 panels=[
-                    scatter("test_acc", "Test accuracy vs fraction of weights remaining", 0, 0),
-                    scatter("early_stop_test_acc", "Test accuracy at early stop vs fraction remaining", 12, 0),
-                    scatter("early_stop_iter", "Early-stopping iteration vs fraction remaining", 0, 8),
-                    wr.LinePlot(title="Validation loss per level", x="trainer/global_step", y=["val_loss"],
-                                layout=wr.Layout(x=12, y=8, w=12, h=8)),
+                    curve("lottery/test_acc", "Test accuracy vs % weights remaining", 0, 0),
+                    curve("lottery/early_stop_test_acc", "Test accuracy at early stop vs % weights remaining", 12, 0),
+                    curve("lottery/early_stop_iter", "Early-stopping iteration vs % weights remaining", 0, 8),
+                ],
+            ),
+            wr.H2(text="Per branch and level (the replicates of a level grouped)"),
+            wr.PanelGrid(
+                runsets=[runset(record.id, list(GROUPBY))],
+                panels=[
+                    wr.BarPlot(title="Test accuracy per branch and level", metrics=[wr.SummaryMetric("test_acc")],
+                               orientation="v", groupby_aggfunc="mean", groupby_rangefunc=RANGE,
+                               layout=wr.Layout(x=0, y=0, w=12, h=8)),
+                    wr.LinePlot(title="Validation loss per branch and level", x="trainer/global_step",
+                                y=["val_loss"], groupby_aggfunc="mean", groupby_rangefunc=RANGE,
+                                layout=wr.Layout(x=12, y=0, w=12, h=8)),
+                    wr.ScatterPlot(title="Test accuracy of every run vs % remaining", x=wr.Config("remaining_pct"),
+                                   y=wr.SummaryMetric("test_acc"), log_x=True,
+                                   layout=wr.Layout(x=0, y=8, w=12, h=8)),
                 ],
             ),
             wr.H2(text="Runs"),
