@@ -17,7 +17,6 @@ import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch

@@ -55,8 +55,16 @@ from lightning_lottery.masks import Mask, load_mask, save_mask
 from lightning_lottery.plan import Plan, Run
 from lightning_lottery.result import LAYER_COLUMNS, RESULT_COLUMNS
 from lightning_lottery.rewind import RewindState
-from lightning_lottery.store_format import (LevelInfo, Progress, canonical_json, config_hash, csv_text, first_difference,
-                                            json_bytes)
+from lightning_lottery.store_format import (
+    LevelInfo,
+    Progress,
+    canonical_json,
+    config_hash,
+    csv_text,
+    file_sha256,
+    first_difference,
+    json_bytes,
+)
 from lightning_lottery.ticket import Ticket
 
 __all__ = ["DamagedExperimentError", "ExperimentLockedError", "ExperimentMismatchError", "ExperimentStore",
@@ -268,7 +276,7 @@ class ExperimentStore:
             path = self.root / rel
             if not path.is_file():
                 return f"{rel} is missing"
-            if _sha256(path) != digest:
+            if file_sha256(path) != digest:
                 return f"{rel} is damaged (checksum mismatch)"
         return None
 
@@ -288,7 +296,7 @@ class ExperimentStore:
         """Mark ``run`` done: its manifest (the sha256 of every file it wrote since the last ``finish`` and of its
         metrics), then its metrics (last, atomically); then rebuild the results tables."""
         data = json_bytes(dict(metrics))
-        files = {self._rel(p): _sha256(p) for p in dict.fromkeys(self._produced) if p.is_file()}
+        files = {self._rel(p): file_sha256(p) for p in dict.fromkeys(self._produced) if p.is_file()}
         files[self._rel(self.metrics_file(run))] = hashlib.sha256(data).hexdigest()
         write_json(self.manifest_file(run), {"files": files})
         atomic_write_bytes(self.metrics_file(run), data)
@@ -388,9 +396,3 @@ def _refresh(path: Path, data: bytes) -> None:
     atomic_write_bytes(path, data)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

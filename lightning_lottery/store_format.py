@@ -7,6 +7,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,3 +90,12 @@ def first_difference(old: Any, new: Any, path: str = "") -> str:
                 return first_difference(old[key], new[key], here)
         return "no difference found"
     return f"{path or 'config'}: was {old!r}, now {new!r}"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

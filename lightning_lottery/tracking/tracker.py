@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lightning_lottery.tracking.artifacts import file_sha256, use_artifact
+from lightning_lottery.store_format import file_sha256
+from lightning_lottery.tracking.artifacts import use_artifact
 from lightning_lottery.tracking.runs import (
     mask_artifact_name,
     rewind_artifact_name,
