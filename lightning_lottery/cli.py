@@ -16,19 +16,17 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import os
 import signal
 import sys
 import threading
 import warnings
+from argparse import ArgumentError
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, Optional
 
 import lightning.pytorch as pl
 import torch
-from argparse import ArgumentError
-
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from jsonargparse.typing import PositiveInt
 
@@ -37,9 +35,18 @@ from lightning_lottery.config import LotteryConfig
 from lightning_lottery.data.errors import DataNotFoundError
 from lightning_lottery.identity import cli_identity
 from lightning_lottery.masks import MaskError
-from lightning_lottery.optimizers import OPTIMIZER_BASES, SCHEDULER_BASES, use_recipe_optimizer
+from lightning_lottery.optimizers import (
+    OPTIMIZER_BASES,
+    SCHEDULER_BASES,
+    use_recipe_optimizer,
+)
 from lightning_lottery.preflight import PreflightError
 from lightning_lottery.pruning import PruningError
+from lightning_lottery.recipe_files import (
+    packaged_recipes,
+    recipe_summary,
+    resolve_recipes,
+)
 from lightning_lottery.store import ExperimentMismatchError
 from lightning_lottery.tracking import WandbSettings
 
@@ -256,67 +263,6 @@ def run_recipes(parser: ArgumentParser, cfg: Namespace) -> int:
     return 0
 
 
-def packaged_recipes() -> dict[str, Path]:
-    """The recipes shipped with the package (``lightning_lottery.recipes``), by name."""
-    from importlib.resources import files
-
-    folder = files("lightning_lottery.recipes")
-    return {Path(str(p)).stem: Path(str(p)) for p in sorted(folder.iterdir(), key=lambda p: p.name)
-            if p.name.endswith(".yaml")}
-
-
-def recipe_summary(path: Path) -> str:
-    """A recipe's ``# recipe:`` comment line (what it reproduces, its data, its expected time)."""
-    for line in path.read_text().splitlines():
-        if line.startswith("# recipe:"):
-            return line[len("# recipe:"):].strip()
-    return ""
-
-
-def _recorded_recipe(experiment_file: Path) -> Path:
-    """The resolved recipe recorded in an ``experiment.json``, as a YAML file to parse again."""
-    import tempfile
-
-    import yaml
-
-    from lightning_lottery.store import read_json
-
-    config = dict(read_json(experiment_file).get("config") or {})
-    if not config:
-        raise FileNotFoundError(f"{experiment_file} records no configuration")
-    config.pop("resume", None)
-    fd, name = tempfile.mkstemp(prefix="lightning-lottery-recipe-", suffix=".yaml")
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(config, f, sort_keys=False)
-    return Path(name)
-
-
-def _resolve_recipes(argv: list[str]) -> list[str]:
-    """``--config NAME`` (or ``-c NAME``) names a packaged recipe when NAME is not a file; ``--config
-    DIR/experiment.json`` and ``--resume DIR`` read the recipe an experiment recorded."""
-    out = list(argv)
-    if "--resume" in out[:-1]:
-        at = out.index("--resume")
-        directory = Path(out[at + 1])
-        out[at:at + 2] = ["--config", str(_recorded_recipe(directory / "experiment.json")),
-                          "--lottery.out_dir", str(directory)]
-    for i, arg in enumerate(out):
-        value, prefix = None, ""
-        if arg in ("--config", "-c") and i + 1 < len(out):
-            value, at = out[i + 1], i + 1
-        elif arg.startswith("--config="):
-            value, at, prefix = arg.split("=", 1)[1], i, "--config="
-        if value is not None and value.endswith(".json") and Path(value).is_file():
-            out[at] = prefix + str(_recorded_recipe(Path(value)))
-            continue
-        if value is None or Path(value).exists():
-            continue
-        recipe = packaged_recipes().get(value[:-5] if value.endswith(".yaml") else value)
-        if recipe is not None:
-            out[at] = prefix + str(recipe)
-    return out
-
-
 _COMMANDS = {"find": run_find, "retrain": run_retrain, "report": run_report, "recipes": run_recipes}
 
 
@@ -373,7 +319,7 @@ def _user_error(err: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lightning-lottery`` console script: every user error is one line on stderr (exit 2),
     an interruption one line too (exit 130)."""
-    argv = _resolve_recipes(list(argv) if argv is not None else sys.argv[1:])
+    argv = resolve_recipes(list(argv) if argv is not None else sys.argv[1:])
     command = next((a for a in argv if a in _COMMANDS), None)
     parser = build_parser()
     try:

@@ -214,7 +214,7 @@ def test_optimizer_and_lr_scheduler_from_the_command_line(tmp_path):
     parser = cli_module.build_parser()
     args = ["find", "-c", SMOKE, "--optimizer", "RMSprop", "--optimizer.lr", "0.01", "--lr_scheduler", "StepLR",
             "--lr_scheduler.step_size", "3"]
-    cfg = parser.parse_args(cli_module._resolve_recipes(args)).find
+    cfg = parser.parse_args(cli_module.resolve_recipes(args)).find
     sub = parser._subcommands_action._name_parser_map["find"]
     init = cli_module._instantiate(sub, cfg, 0)
     configured = init.model.configure_optimizers()
