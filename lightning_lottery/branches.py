@@ -175,6 +175,9 @@ register(Branch("lr_rewind", "the main line: trained weights kept, learning-rate
 register(Branch("finetune", "the main line: trained weights and optimizer kept, trained on at the final "
                 "learning rate", start=lambda i: _at_rewind_point(_trained_previous(i), i.rewind_point),
                 rewind="finetune", trained="previous"))
+register(Branch("pai", "the main line of pruning at initialization: the mask scored at the rewind point (θ0) with "
+                "lottery.criterion and the training data, pruned at once to the level's lottery.prune_at_init "
+                "fraction, trained from the rewind point", start=lambda i: i.rewind_point, rewind="pai"))
 register(Branch("random_reinit", "control: the level's mask on a fresh initialization, trained from step 0",
                 start=lambda i: RewindState(0, 0, i.fresh_init(i.seeds.reinit(i.run)))))
 register(Branch("random_mask", "control: random positions with the level's per-layer counts, from the rewind point",

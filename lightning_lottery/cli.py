@@ -33,6 +33,7 @@ from jsonargparse.typing import PositiveInt
 from lightning_lottery import distributed
 from lightning_lottery.config import LotteryConfig
 from lightning_lottery.data.errors import DataNotFoundError
+from lightning_lottery.export.commands import add_export_commands, run_benchmark, run_export
 from lightning_lottery.identity import cli_identity
 from lightning_lottery.masks import MaskError
 from lightning_lottery.optimizers import (
@@ -88,6 +89,7 @@ def build_parser() -> ArgumentParser:
     subcommands.add_subcommand("retrain", retrain, help="train a ticket again")
     subcommands.add_subcommand("recipes", ArgumentParser(description="The packaged recipes, one line each.", **_STRICT),
                                help="list the packaged recipes (run one with find --config NAME)")
+    add_export_commands(subcommands)
     return parser
 
 
@@ -263,7 +265,8 @@ def run_recipes(parser: ArgumentParser, cfg: Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"find": run_find, "retrain": run_retrain, "report": run_report, "recipes": run_recipes}
+_COMMANDS = {"find": run_find, "retrain": run_retrain, "report": run_report, "recipes": run_recipes,
+             "export": run_export, "benchmark": run_benchmark}
 
 
 @contextlib.contextmanager

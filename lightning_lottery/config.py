@@ -6,13 +6,64 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
-from lightning_lottery import branches
+from lightning_lottery import branches, saliency  # saliency registers the criteria snip, grasp, synflow
 from lightning_lottery.rewind import RewindStep
 from lightning_lottery.store import config_hash
 
 # The accepted names come from the branch registry (typed for the command line's validation and --help).
 RewindMode = Literal[branches.rewind_modes()]  # type: ignore[valid-type]
 ControlName = Literal[branches.control_names()]  # type: ignore[valid-type]
+
+
+@dataclass(frozen=True)
+class PruneAtInit:
+    """Pruning at initialization (``lottery.rewind: pai``): level L's mask is scored at the rewind point (θ0 with
+    ``rewind_to: 0it``) with ``lottery.criterion`` and pruned at once to ``remaining[L-1]``; level 0 is the dense
+    network. ``lottery.rate``, ``rates`` and ``scope`` are IMP's and not used.
+
+    Args:
+        remaining: the fraction of the prunable weights each level keeps (levels 1, 2, ...), each in (0, 1).
+        scope: ``"global"`` (one threshold, the papers') or ``"layerwise"``.
+        min_density: no layer keeps less than this fraction (``ceil(min_density × numel)`` of its weights, its
+            highest-scoring); 0 = no guard. SynFlow is known to empty 1×1 shortcut convolutions.
+        samples: the prune set's size (training samples); default 10 × the model's number of outputs.
+        batch_size: the prune set's batch size.
+        rounds: rounds of the exponential schedule (density ``remaining ** (r / rounds)`` after round r); default the
+            criterion's: 100 for ``synflow``, 1 for the others.
+    """
+
+    remaining: tuple[float, ...]
+    scope: Literal["layerwise", "global"] = "global"
+    min_density: float = 0.0
+    samples: Optional[int] = None
+    batch_size: int = 256
+    rounds: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        remaining = self.remaining
+        if isinstance(remaining, (int, float)) or not remaining:
+            raise ValueError(f"lottery.prune_at_init.remaining must be a non-empty list of fractions, got {remaining!r}")
+        object.__setattr__(self, "remaining", tuple(float(r) for r in remaining))
+        bad = [r for r in self.remaining if not 0.0 < r < 1.0]
+        if bad:
+            raise ValueError(f"lottery.prune_at_init.remaining: every fraction must be in (0, 1), got {bad[0]!r}")
+        if self.scope not in ("layerwise", "global"):
+            raise ValueError(f"lottery.prune_at_init.scope must be 'layerwise' or 'global', got {self.scope!r}")
+        if not 0.0 <= float(self.min_density) < min(self.remaining):
+            raise ValueError(f"lottery.prune_at_init.min_density must be in [0, {min(self.remaining):g}) (below "
+                             f"every remaining fraction), got {self.min_density!r}")
+        for key in ("samples", "batch_size", "rounds"):
+            value = getattr(self, key)
+            if (value is not None or key == "batch_size") and (
+                    isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ValueError(f"lottery.prune_at_init.{key} must be a positive integer"
+                                 f"{'' if key == 'batch_size' else ' or null'}, got {value!r}")
+
+    def changed(self) -> dict[str, Any]:
+        """The settings away from their defaults (``remaining`` always): what identifies the experiment."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name != "remaining"}
+        return {"remaining": list(self.remaining),
+                **{k: getattr(self, k) for k, d in defaults.items() if getattr(self, k) != d}}
 
 
 #: Fields that do not change results: they may differ when an experiment is resumed.
@@ -34,11 +85,14 @@ class LotteryConfig:
             point; branch ``ticket``), ``weights`` (weights at k, fresh optimizer moments; ``weights_rewind``),
             ``lr`` (the trained weights, the learning-rate schedule replayed from k; ``lr_rewind``, Renda et al.
             2020) or ``finetune`` (the trained weights and optimizer at the final learning rate; ``finetune``).
+            ``pai`` is pruning at initialization (branch ``pai``; needs ``prune_at_init``).
         controls: control branches trained with each level's mask: ``random_reinit`` (fresh initialization),
             ``random_mask`` (random positions, same per-layer counts) and ``oneshot`` (level 0 pruned at once).
         replicates: how many times the whole experiment runs, with seeds ``seed``, ``seed + 1``, ...
         seeds: explicit seeds, one per replicate (overrides ``replicates``).
-        criterion: scoring function by name (``"magnitude"``, ``"random"``).
+        criterion: scoring function by name (``"magnitude"``, ``"random"``; with ``rewind: pai`` also ``"snip"``,
+            ``"grasp"``, ``"synflow"``, which score with the training data).
+        prune_at_init: the settings of pruning at initialization (:class:`PruneAtInit`), for ``rewind: pai``.
         include: fnmatch patterns of parameters to prune (default: weights of Linear and Conv layers).
         exclude: fnmatch patterns of parameters never to prune.
         val_every_n_steps: validate every this many training batches (the paper: 100); ``None`` keeps the trainer's.
@@ -77,9 +131,16 @@ class LotteryConfig:
     name: str = "lottery"
     checkpoint_every_n_steps: Optional[int] = None
     keep_checkpoints: bool = False
+    prune_at_init: Optional[PruneAtInit] = None
 
     def __post_init__(self) -> None:
-        from lightning_lottery.criteria import available_criteria
+        from lightning_lottery.criteria import available_criteria, criterion_info
+
+        if isinstance(self.prune_at_init, dict):
+            try:
+                object.__setattr__(self, "prune_at_init", PruneAtInit(**self.prune_at_init))
+            except TypeError as err:
+                raise ValueError(f"lottery.prune_at_init: {err}") from None
 
         if isinstance(self.levels, bool) or not isinstance(self.levels, int) or self.levels < 0:
             raise ValueError(f"lottery.levels must be an integer >= 0, got {self.levels!r}")
@@ -106,17 +167,44 @@ class LotteryConfig:
             raise ValueError(f"lottery.seeds must be distinct and non-empty, got {self.seeds!r}")
         if self.criterion not in available_criteria():
             raise ValueError(f"lottery.criterion {self.criterion!r} is unknown; available: {available_criteria()}")
+        self._check_pai(criterion_info(self.criterion).data)
         for key in ("val_every_n_steps", "checkpoint_every_n_steps"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise ValueError(f"lottery.{key} must be a positive integer or null, got {value!r}")
 
+    def _check_pai(self, data_criterion: bool) -> None:
+        pai = self.prune_at_init
+        if (self.rewind == "pai") != (pai is not None):
+            raise ValueError("lottery.rewind: pai and lottery.prune_at_init go together: pruning at initialization "
+                             "needs prune_at_init.remaining (the fraction kept at each level) and rewind: pai"
+                             if pai is None else f"lottery.prune_at_init is set but lottery.rewind is "
+                             f"{self.rewind!r}; set rewind: pai (or remove prune_at_init)")
+        if pai is None:
+            if data_criterion:
+                raise ValueError(f"lottery.criterion {self.criterion!r} scores weights at initialization with the "
+                                 "training data: use it with rewind: pai and prune_at_init")
+            return
+        if self.levels > len(pai.remaining):
+            raise ValueError(f"lottery.levels is {self.levels} but lottery.prune_at_init.remaining lists "
+                             f"{len(pai.remaining)} fraction(s): level L trains the L-th; list one per level")
+        if self.rates:
+            raise ValueError("lottery.rates are IMP's per-level rates and mean nothing for pruning at "
+                             "initialization; remove them (prune_at_init.min_density guards small layers)")
+        if "oneshot" in self.controls:
+            raise ValueError("lottery.controls: oneshot prunes trained weights with IMP's rates; with rewind: pai use "
+                             "random_mask and random_reinit (the sanity checks of Frankle et al. 2021)")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def identity(self) -> dict[str, Any]:
-        """The settings that change results (what binds an experiment directory): all but where files go."""
-        return {k: v for k, v in self.to_dict().items() if k not in NOT_IDENTITY}
+        """The settings that change results (what binds an experiment directory): all but where files go; of
+        ``prune_at_init``, only what differs from its defaults."""
+        out = {k: v for k, v in self.to_dict().items() if k not in NOT_IDENTITY}
+        if self.prune_at_init is not None:
+            out["prune_at_init"] = self.prune_at_init.changed()
+        return out
 
     @property
     def digest(self) -> str:

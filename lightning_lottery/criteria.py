@@ -4,6 +4,13 @@ A criterion maps the prunable weights (by parameter name) to one float32 score t
 shape and on the same device as the weight. A higher score means more important: pruning removes the weights
 with the smallest scores. Criteria are registered by name so that recipes can refer to them as strings.
 
+A criterion registered with ``data=True`` scores with the model and data: it is called as
+``criterion(weights, generator, model=model, batches=batches)`` with ``weights`` the model's own parameters and
+``batches`` the prune set (:mod:`lightning_lottery.saliency`); ``rounds`` is how many rounds of the exponential
+density schedule pruning at initialization uses with it by default. The pruning-at-initialization scores
+``snip``, ``grasp`` (signed: the highest kept) and ``synflow`` (100 rounds) are registered by
+:mod:`lightning_lottery.saliency` (imported by the configuration), which keeps this module free of the pruning code.
+
 Example:
     >>> import torch
     >>> from lightning_lottery.criteria import get_criterion
@@ -16,6 +23,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
 
@@ -25,10 +33,23 @@ Criterion = Callable[..., dict[str, torch.Tensor]]
 _REGISTRY: dict[str, Criterion] = {}
 
 
-def register_criterion(name: str, *, overwrite: bool = False) -> Callable[[Criterion], Criterion]:
+@dataclass(frozen=True)
+class CriterionInfo:
+    """How a criterion is called: ``data`` (with ``model=`` and ``batches=``) and its default pruning rounds."""
+
+    data: bool = False
+    rounds: int = 1
+
+
+_INFO: dict[str, CriterionInfo] = {}
+
+
+def register_criterion(name: str, *, overwrite: bool = False, data: bool = False, rounds: int = 1
+                       ) -> Callable[[Criterion], Criterion]:
     """Decorator that registers a criterion under ``name`` (returns the function unchanged).
 
-    Registering a name twice raises ``ValueError`` unless ``overwrite=True``.
+    Registering a name twice raises ``ValueError`` unless ``overwrite=True``. ``data=True``: the criterion takes
+    ``model=`` and ``batches=`` keywords; ``rounds``: its default rounds when pruning at initialization.
 
     Example:
         >>> @register_criterion("negative-magnitude-doc", overwrite=True)
@@ -45,7 +66,10 @@ def register_criterion(name: str, *, overwrite: bool = False) -> Callable[[Crite
             raise TypeError(f"criterion {name!r} must be callable, got {type(fn).__name__}")
         if name in _REGISTRY and _REGISTRY[name] is not fn and not overwrite:
             raise ValueError(f"criterion {name!r} is already registered (pass overwrite=True to replace it)")
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+            raise ValueError(f"criterion {name!r}: rounds must be a positive integer, got {rounds!r}")
         _REGISTRY[name] = fn
+        _INFO[name] = CriterionInfo(bool(data), rounds)
         return fn
 
     return decorator
@@ -58,7 +82,7 @@ def get_criterion(name: str) -> Criterion:
         >>> get_criterion("nope")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: unknown criterion 'nope'; available criteria: magnitude, random...
+        ValueError: unknown criterion 'nope'; available criteria: ...magnitude, random...
     """
     try:
         return _REGISTRY[name]
@@ -66,6 +90,17 @@ def get_criterion(name: str) -> Criterion:
         raise ValueError(
             f"unknown criterion {name!r}; available criteria: {', '.join(available_criteria())}"
         ) from None
+
+
+def criterion_info(name: str) -> CriterionInfo:
+    """Whether the criterion ``name`` takes data, and its default rounds (``ValueError`` for an unknown name).
+
+    Example:
+        >>> criterion_info("magnitude")
+        CriterionInfo(data=False, rounds=1)
+    """
+    get_criterion(name)
+    return _INFO.get(name, CriterionInfo())
 
 
 def available_criteria() -> list[str]:
@@ -121,3 +156,4 @@ def random_scores(
         name: torch.rand(tuple(w.shape), generator=generator, dtype=torch.float32).to(w.device)
         for name, w in weights.items()
     }
+

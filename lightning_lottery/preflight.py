@@ -150,7 +150,15 @@ class Preflight:
         cfg = self.config
         width = max(len(n) for n in self.parameters)
         lines = [f"prunable parameters ({len(self.parameters)}, scope {cfg.scope}, criterion {cfg.criterion}):"]
+        pai = cfg.prune_at_init
+        if pai is not None:  # pruned once at initialization, to each level's fraction
+            fractions = ", ".join(f"{100 * f:.3g}%" for f in pai.remaining[:cfg.levels])
+            lines.append(f"  pruned at initialization by {cfg.criterion} ({pai.scope}) to: 100%, {fractions} "
+                         "of the prunable weights, one level each")
         for name, shape in self.parameters.items():
+            if pai is not None:
+                lines.append(f"  {name:<{width}}  {'x'.join(map(str, shape)):>12}")
+                continue
             rate = self.rates[name]
             left = ", ".join(f"{100 * (1 - rate) ** lv:.3g}%" for lv in range(cfg.levels + 1))
             lines.append(f"  {name:<{width}}  {'x'.join(map(str, shape)):>12}  rate {rate:g}/level  remaining "

@@ -17,15 +17,16 @@ from typing import Any, TextIO
 import lightning.pytorch as pl
 import torch
 
-from lightning_lottery import branches, distributed, launch, pruning, tracking
+from lightning_lottery import branches, distributed, launch, pruning, saliency, tracking
 from lightning_lottery.config import LotteryConfig
-from lightning_lottery.criteria import get_criterion
+from lightning_lottery.criteria import criterion_info, get_criterion
 from lightning_lottery.executor import EventHandler, Executor
 from lightning_lottery.flops import costs_on_first_batch
 from lightning_lottery.identity import experiment_identity
 from lightning_lottery.masks import Mask, ones_mask, prunable_parameters, remaining
 from lightning_lottery.plan import Plan, Run, Seeds
-from lightning_lottery.preflight import Preflight, check_initialized, preflight
+from lightning_lottery.preflight import Preflight, PreflightError, check_initialized, preflight
+from lightning_lottery.pruning import PruningError
 from lightning_lottery.progress import ExperimentProgress, format_table, lightning_banners_off
 from lightning_lottery.rewind import RewindState, cpu_copy, fresh_initialization
 from lightning_lottery.store import ExperimentStore, LevelInfo, config_hash
@@ -126,8 +127,14 @@ class PruningScheduler:
     def preflight(self, check_metrics: bool = True) -> Preflight:
         """Check the experiment before anything is trained or written (:mod:`lightning_lottery.preflight`) and
         describe what it would run; raises :class:`~lightning_lottery.preflight.PreflightError` on a mistake."""
-        return preflight(self.model, self.datamodule, self.config, self.trainer_kwargs, self.plan,
-                         check_metrics=check_metrics)
+        checked = preflight(self.model, self.datamodule, self.config, self.trainer_kwargs, self.plan,
+                            check_metrics=check_metrics)
+        if self.config.prune_at_init is not None and criterion_info(self.config.criterion).data:
+            try:  # the prune set can be drawn and the model gives logits
+                saliency.num_classes(self.model, self._prune_set(Run(0, self.plan.main, 1))[0])
+            except PruningError as err:
+                raise PreflightError(f"lottery.prune_at_init: {err}") from None
+        return checked
 
     def run(self) -> list[dict[str, Any]]:
         """Run (or finish) every run of the experiment; returns the results rows."""
@@ -234,12 +241,43 @@ class PruningScheduler:
 
     def _next_mask(self, mask: Mask, run: Run) -> Mask:
         cfg = self.config
+        if cfg.prune_at_init is not None:  # scored at the rewind point on rank 0, whatever was trained
+            return distributed.on_main(lambda: self._pai_mask(run.next_level()))
         weights = {n: p.detach() for n, p in prunable_parameters(self.model, cfg.include, cfg.exclude).items()}
         generator = torch.Generator().manual_seed(self.seeds.criterion(run))
         scores = get_criterion(cfg.criterion)(weights, generator=generator)
         device_mask = {n: m.to(weights[n].device) for n, m in mask.items()}
         pruned = pruning.prune(scores, device_mask, cfg.rate, scope=cfg.scope, rates=cfg.rates)
         return {n: m.cpu() for n, m in pruned.items()}
+
+    def _pai_mask(self, run: Run) -> Mask:
+        """Pruning at initialization: the mask of ``run``'s level, scored at the rewind point (θ0) with the data."""
+        cfg, pai = self.config, self.config.prune_at_init
+        assert pai is not None
+        info, criterion = criterion_info(cfg.criterion), get_criterion(cfg.criterion)
+        generator = torch.Generator().manual_seed(self.seeds.criterion(run))
+        batches = self._prune_set(run) if info.data else []
+        score = (lambda w: criterion(w, generator, model=self.model, batches=batches)) if info.data else (
+            lambda w: criterion({n: p.detach() for n, p in w.items()}, generator=generator))
+        names = list(prunable_parameters(self.model, cfg.include, cfg.exclude))
+        return saliency.mask_at_init(self.model, self.store.load_rewind_point(run.replicate).model, names, score,
+                                     pai.remaining[run.level - 1], scope=pai.scope, min_density=pai.min_density,
+                                     rounds=pai.rounds or info.rounds)
+
+    def _prune_set(self, run: Run) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The prune set: the first samples of a fresh ``train_dataloader()`` at epoch 0 (whatever was trained before;
+        a loader shuffled by torch's global RNG draws under ``run``'s criterion seed)."""
+        pai = self.config.prune_at_init
+        assert pai is not None
+
+        def loader() -> Any:
+            fresh = self.datamodule.train_dataloader()
+            if callable(getattr(fresh, "set_epoch", None)):
+                fresh.set_epoch(0)
+            return fresh
+
+        samples = pai.samples or 10 * saliency.num_classes(self.model, saliency.prune_set(loader(), 1, 1, 0)[0])
+        return saliency.prune_set(loader(), samples, pai.batch_size, self.seeds.criterion(run))
 
     def _keeps_final_state(self, run: Run) -> bool:
         """Whether a later run starts from this main-line run's trained weights (a branch's ``trained``)."""

@@ -9,7 +9,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lightning_lottery"
 
 #: Modules of pure logic: they must not import Lightning (DESIGN.md).
 PURE = ("masks", "criteria", "selection", "pruning", "plan", "result", "atomic", "rewind", "ticket", "branches",
-        "aggregate", "distributed", "store")
+        "aggregate", "distributed", "store", "saliency", "export", "export.layers", "export.chain",
+        "export.compact", "export.sparse", "export.io", "export.bench")
 
 
 def _module_name(path: Path) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from lightning_lottery import branches
 from lightning_lottery.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,7 +123,8 @@ def test_recipe_runs_two_steps(recipe: Path, tmp_path: Path) -> None:
     assert main(_smoke_args(recipe, out_dir)) == 0
     with open(out_dir / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    tickets = [r for r in rows if r["branch"] == "ticket" and int(r["replicate"]) == 0]  # recipes may add controls
+    main_line = branches.main_line(_load(recipe)["lottery"].get("rewind", "full")).name
+    tickets = [r for r in rows if r["branch"] == main_line and int(r["replicate"]) == 0]  # recipes may add controls
     assert [int(r["level"]) for r in tickets] == [0, 1]
     assert float(tickets[0]["remaining"]) == 1.0 > float(tickets[1]["remaining"]) > 0.7
     assert all(int(r["steps"]) == 2 for r in rows)

@@ -1,0 +1,13 @@
+"""From a ticket to a smaller, faster model: compaction, sparse (CSR) export, saving and benchmarking.
+
+Pure torch (no Lightning): :func:`compact` (a smaller dense ``nn.Sequential`` with the same outputs),
+:func:`sparsify` (Linear layers as ``torch.sparse_csr`` where measured faster), :func:`save_export` /
+:func:`load_export` (safetensors + a JSON architecture; ONNX too when ``onnx`` is installed). The CLI commands
+``export`` and ``benchmark`` are in :mod:`lightning_lottery.export.commands`.
+"""
+
+from lightning_lottery.export.compact import compact
+from lightning_lottery.export.layers import Select, SparseLinear, UnsupportedModelError
+from lightning_lottery.export.sparse import sparsify
+
+__all__ = ["Select", "SparseLinear", "UnsupportedModelError", "compact", "sparsify"]
