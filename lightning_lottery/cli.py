@@ -36,18 +36,10 @@ from lightning_lottery.data.errors import DataNotFoundError
 from lightning_lottery.export.commands import add_export_commands, run_benchmark, run_export
 from lightning_lottery.identity import cli_identity
 from lightning_lottery.masks import MaskError
-from lightning_lottery.optimizers import (
-    OPTIMIZER_BASES,
-    SCHEDULER_BASES,
-    use_recipe_optimizer,
-)
+from lightning_lottery.optimizers import OPTIMIZER_BASES, SCHEDULER_BASES, use_recipe_optimizer
 from lightning_lottery.preflight import PreflightError
 from lightning_lottery.pruning import PruningError
-from lightning_lottery.recipe_files import (
-    packaged_recipes,
-    recipe_summary,
-    resolve_recipes,
-)
+from lightning_lottery.recipe_files import recipe_listing, resolve_recipes
 from lightning_lottery.store import ExperimentMismatchError
 from lightning_lottery.tracking import WandbSettings
 
@@ -258,10 +250,7 @@ def _trainer_kwargs(trainer: Namespace) -> dict[str, Any]:
 
 def run_recipes(parser: ArgumentParser, cfg: Namespace) -> int:
     """Print the packaged recipes: name, then the ``# recipe:`` line of each (paper row, data, expected time)."""
-    found = packaged_recipes()
-    width = max(len(name) for name in found)
-    for name, path in found.items():
-        print(f"{name:<{width}}  {recipe_summary(path)}")
+    print(recipe_listing())
     return 0
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["packaged_recipes", "recipe_summary", "recorded_recipe", "resolve_recipes"]
+__all__ = ["packaged_recipes", "recipe_listing", "recipe_summary", "recorded_recipe", "resolve_recipes"]
 
 
 def packaged_recipes() -> dict[str, Path]:
@@ -24,6 +24,13 @@ def packaged_recipes() -> dict[str, Path]:
     folder = files("lightning_lottery.recipes")
     return {Path(str(p)).stem: Path(str(p)) for p in sorted(folder.iterdir(), key=lambda p: p.name)
             if p.name.endswith(".yaml")}
+
+
+def recipe_listing() -> str:
+    """One line per packaged recipe: its name, then what it reproduces, its data and its expected time."""
+    found = packaged_recipes()
+    width = max(len(name) for name in found)
+    return "\n".join(f"{name:<{width}}  {recipe_summary(path)}" for name, path in found.items())
 
 
 def recipe_summary(path: Path) -> str:

@@ -85,3 +85,12 @@ def test_every_subpackage_is_listed_in_pyproject():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "lightning_lottery").rglob("__init__.py")}
     assert listed == found | {"lightning_lottery.recipes"}
+
+
+def test_version_and_recipes_answer_without_importing_lightning(installed, tmp_path):
+    """The console script's fast path: `--version` and `recipes` import no Lightning (several seconds)."""
+    probe = ("import sys; from lightning_lottery.console import main; main(['recipes']); main(['--version']); "
+             "print('lightning' in sys.modules or 'lightning.pytorch' in sys.modules)")
+    out = subprocess.run([str(installed / "python"), "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                         check=True).stdout.strip().splitlines()
+    assert out[-1] == "False" and out[-2] == "lightning-lottery 0.1.0"

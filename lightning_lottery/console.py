@@ -1,0 +1,38 @@
+"""The ``lightning-lottery`` console script: answers ``--version`` and ``recipes`` without importing Lightning
+(several seconds), hands everything else to :func:`lightning_lottery.cli.main`.
+
+Example:
+    >>> from lightning_lottery.console import main
+    >>> main(["--version"])
+    lightning-lottery 0.1.0
+    0
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``lightning-lottery`` console script."""
+    args = list(argv) if argv is not None else sys.argv[1:]
+    if args == ["--version"]:
+        from lightning_lottery import __version__
+
+        print(f"lightning-lottery {__version__}")
+        return 0
+    if args == ["recipes"]:
+        from lightning_lottery.recipe_files import recipe_listing
+
+        print(recipe_listing())
+        return 0
+    from lightning_lottery.cli import main as full
+
+    return full(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
