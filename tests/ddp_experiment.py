@@ -86,8 +86,10 @@ def scheduler(strategy: str, out: str) -> None:
     rows = PruningScheduler(model, data, levels=2, rate=0.5, out_dir=out, val_every_n_steps=4, name="ddp",
                             trainer_kwargs=trainer_kwargs(strategy, out), logger=False,
                             wandb=WandbSettings(project="ddp-test", mode="offline")).run()
-    print("FINAL", state_checksum(model.state_dict()))  # ddp_spawn: rank 0's weights, back in the main process
-    print("ROWS", json.dumps([{k: r[k] for k in ("level", "remaining", "test_acc", "steps")} for r in rows]))
+    # ddp_spawn: rank 0's weights, back in the main process (flushed: the output must not depend on how W&B exits)
+    print("FINAL", state_checksum(model.state_dict()), flush=True)
+    print("ROWS", json.dumps([{k: r[k] for k in ("level", "remaining", "test_acc", "steps")} for r in rows]),
+          flush=True)
 
 
 def callback(strategy: str, out: str) -> None:
