@@ -3,8 +3,9 @@
 A branch is one :class:`Branch` entry: a name, a one-line description, a ``start`` function (the training state
 the run begins at: the rewind point, the weights only, the trained weights with the schedule replayed, a fresh
 initialization, ...) and a ``mask`` function (the level's mask, a random one with the same per-layer counts, a
-one-shot one). A branch with ``rewind`` set is the *main line* of that rewinding mode (``lottery.rewind``); the
-others are *controls* trained with each level's mask. The main-line name per rewind mode, the control names the
+one-shot one). A branch with ``rewind`` set is the *main line* of that rewinding mode (``lottery.rewind``); an
+``analysis`` branch (``stability``) is run by its own setting (``lottery.stability``); the others are *controls*
+trained with each level's mask. The main-line name per rewind mode, the control names the
 configuration accepts and the report's idea of "the main branch" are all derived from this registry.
 
 Adding a branch is one :func:`register` call plus its tests.
@@ -25,9 +26,9 @@ from typing import Literal, Optional
 
 import torch
 
-from lightning_lottery import pruning
+from lightning_lottery import pruning, structured
 from lightning_lottery.masks import Mask, count_alive
-from lightning_lottery.plan import Run, Seeds
+from lightning_lottery.plan import STABILITY, Run, Seeds
 from lightning_lottery.rewind import RewindState
 
 __all__ = ["Branch", "Inputs", "control_names", "get", "main_branch_of", "main_line", "main_line_names",
@@ -49,6 +50,7 @@ class Inputs:
         trained: the final training state of the main line's run at a level (``final_state.pt``).
         fresh_init: the model's own initialization under a seed (a ``state_dict``).
         score: the experiment's criterion.
+        structure: ``lottery.structure``: with ``"units"`` the random and one-shot masks are structured too.
     """
 
     run: Run
@@ -58,6 +60,7 @@ class Inputs:
     trained: Callable[[int], RewindState]
     fresh_init: Callable[[int], dict[str, torch.Tensor]]
     score: Scorer
+    structure: str = "unstructured"
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class Branch:
         rewind: the ``lottery.rewind`` mode whose main line this is; ``None`` for a control.
         trained: which trained weights the branch starts from, so the main line keeps them: ``"previous"`` (the
             main line's previous level) or ``"dense"`` (level 0); ``None`` for none.
+        analysis: run by its own setting, not a control (``lottery.controls`` does not accept it).
     """
 
     name: str
@@ -80,6 +84,7 @@ class Branch:
     mask: Callable[[Inputs], Mask] = lambda inputs: inputs.mask
     rewind: Optional[str] = None
     trained: Optional[Literal["previous", "dense"]] = None
+    analysis: bool = False
 
     @property
     def is_main_line(self) -> bool:
@@ -124,7 +129,7 @@ def main_line_names() -> tuple[str, ...]:
 
 def control_names() -> tuple[str, ...]:
     """The branches ``lottery.controls`` accepts, in registration order."""
-    return tuple(b.name for b in _REGISTRY.values() if not b.is_main_line)
+    return tuple(b.name for b in _REGISTRY.values() if not b.is_main_line and not b.analysis)
 
 
 def main_branch_of(names: Iterable[str], rewind: str | None = None) -> str:
@@ -151,7 +156,7 @@ def _at_rewind_point(state: RewindState, rewind_point: RewindState) -> RewindSta
 
 def _random_mask(inputs: Inputs) -> Mask:
     generator = torch.Generator().manual_seed(inputs.seeds.random_mask(inputs.run))
-    return pruning.random_mask_like(inputs.mask, generator)
+    return pruning.random_mask_like(inputs.mask, generator, structure=inputs.structure)  # type: ignore[arg-type]
 
 
 def _oneshot_mask(inputs: Inputs) -> Mask:
@@ -160,6 +165,9 @@ def _oneshot_mask(inputs: Inputs) -> Mask:
     weights = {n: dense.model[n] for n in inputs.mask}
     scores = inputs.score(weights, generator=torch.Generator().manual_seed(inputs.seeds.oneshot_criterion))
     ones = {n: torch.ones_like(m) for n, m in inputs.mask.items()}
+    if inputs.structure == "units":  # the level's fractions of alive units per layer (lottery.unit_norm: l1)
+        units = {n: t[0] / t[1] for n, t in structured.unit_counts(inputs.mask).items()}
+        return pruning.prune_to(scores, ones, 1.0, scope="layerwise", targets=units, structure="units")
     targets = {n: count_alive({n: m}) / m.numel() for n, m in inputs.mask.items()}
     return pruning.prune_to(scores, ones, 1.0, scope="layerwise", targets=targets)
 
@@ -184,3 +192,6 @@ register(Branch("random_mask", "control: random positions with the level's per-l
                 start=lambda i: i.rewind_point, mask=_random_mask))
 register(Branch("oneshot", "control: level 0's final weights pruned at once to the level's per-layer fractions",
                 start=lambda i: i.rewind_point, mask=_oneshot_mask, trained="dense"))
+register(Branch(STABILITY, "analysis: two copies trained from the rewind point with the level's mask under other "
+                "data orders, evaluated along the line between them (lottery.stability; Frankle et al. 2020)",
+                start=lambda i: i.rewind_point, analysis=True))

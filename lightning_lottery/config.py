@@ -8,6 +8,7 @@ from typing import Any, Literal, Optional
 
 from lightning_lottery import branches, saliency  # noqa: F401 - saliency registers the criteria snip, grasp, synflow
 from lightning_lottery.rewind import RewindStep
+from lightning_lottery.stability import Stability
 from lightning_lottery.store import config_hash
 
 # The accepted names come from the branch registry (typed for the command line's validation and --help).
@@ -93,6 +94,11 @@ class LotteryConfig:
         criterion: scoring function by name (``"magnitude"``, ``"random"``; with ``rewind: pai`` also ``"snip"``,
             ``"grasp"``, ``"synflow"``, which score with the training data).
         prune_at_init: the settings of pruning at initialization (:class:`PruneAtInit`), for ``rewind: pai``.
+        structure: ``"unstructured"`` (single weights) or ``"units"``: whole units (Linear rows, Conv filters) go,
+            scored by the ``unit_norm`` of their alive fan-in scores; ``rate`` / ``rates`` are then fractions of alive
+            units, global scope compares norms per weight, the output layer (the last prunable parameter) keeps all
+            its units, and the ``random_mask`` / ``oneshot`` controls are structured too.
+        unit_norm: ``"l1"`` or ``"l2"``, the norm of a unit's fan-in with ``structure: units``.
         include: fnmatch patterns of parameters to prune (default: weights of Linear and Conv layers).
         exclude: fnmatch patterns of parameters never to prune.
         val_every_n_steps: validate every this many training batches (the paper: 100); ``None`` keeps the trainer's.
@@ -102,6 +108,8 @@ class LotteryConfig:
         checkpoint_every_n_steps: write the mid-level checkpoint that a rerun resumes from every this many steps
             (default: every 10 validations, or every epoch when ``val_every_n_steps`` is ``None``).
         keep_checkpoints: keep each level's mid-level checkpoints after the level is done.
+        stability: instability analysis (:class:`~lightning_lottery.stability.Stability`): at each of its levels, two
+            copies trained from the rewind point under other data orders and interpolated (branch ``stability``).
 
     Example:
         >>> from lightning_lottery.config import LotteryConfig
@@ -132,6 +140,9 @@ class LotteryConfig:
     checkpoint_every_n_steps: Optional[int] = None
     keep_checkpoints: bool = False
     prune_at_init: Optional[PruneAtInit] = None
+    structure: Literal["unstructured", "units"] = "unstructured"
+    unit_norm: Literal["l1", "l2"] = "l1"
+    stability: Optional[Stability] = None
 
     def __post_init__(self) -> None:
         from lightning_lottery.criteria import available_criteria, criterion_info
@@ -141,6 +152,11 @@ class LotteryConfig:
                 object.__setattr__(self, "prune_at_init", PruneAtInit(**self.prune_at_init))
             except TypeError as err:
                 raise ValueError(f"lottery.prune_at_init: {err}") from None
+        if isinstance(self.stability, dict):
+            try:
+                object.__setattr__(self, "stability", Stability(**self.stability))
+            except TypeError as err:
+                raise ValueError(f"lottery.stability: {err}") from None
 
         if isinstance(self.levels, bool) or not isinstance(self.levels, int) or self.levels < 0:
             raise ValueError(f"lottery.levels must be an integer >= 0, got {self.levels!r}")
@@ -168,10 +184,20 @@ class LotteryConfig:
         if self.criterion not in available_criteria():
             raise ValueError(f"lottery.criterion {self.criterion!r} is unknown; available: {available_criteria()}")
         self._check_pai(criterion_info(self.criterion).data)
+        self._check_structure()
         for key in ("val_every_n_steps", "checkpoint_every_n_steps"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise ValueError(f"lottery.{key} must be a positive integer or null, got {value!r}")
+
+    def _check_structure(self) -> None:
+        if self.structure not in ("unstructured", "units"):
+            raise ValueError(f"lottery.structure must be 'unstructured' or 'units', got {self.structure!r}")
+        if self.unit_norm not in ("l1", "l2"):
+            raise ValueError(f"lottery.unit_norm must be 'l1' or 'l2', got {self.unit_norm!r}")
+        if self.structure == "units" and self.rewind == "pai":
+            raise ValueError("lottery.structure: units prunes whole units level by level; pruning at initialization "
+                             "(rewind: pai) scores single weights: use structure: unstructured with it")
 
     def _check_pai(self, data_criterion: bool) -> None:
         pai = self.prune_at_init
@@ -204,6 +230,8 @@ class LotteryConfig:
         out = {k: v for k, v in self.to_dict().items() if k not in NOT_IDENTITY}
         if self.prune_at_init is not None:
             out["prune_at_init"] = self.prune_at_init.changed()
+        if self.stability is not None:
+            out["stability"] = self.stability.changed()
         return out
 
     @property

@@ -5,15 +5,19 @@ mask and the state to start from, trains, tests, and returns a :class:`Trained` 
 :class:`~lightning_lottery.result.RunResult`. Under a multi-process strategy every rank calls it in step.
 
 Events: an ``on_event(name, run)`` function, when given, is called at ``trainer_made``, ``fit_start``,
-``fit_end``, ``test_start`` and ``test_end`` (the early-stop test included); the scheduler adds ``run_start``,
+``fit_end``, ``test_start`` and ``test_end`` (the early-stop test and, in a stability run, every evaluation along
+the interpolation included); the scheduler adds ``run_start``,
 ``prune_start``, ``prune_end`` and ``run_end``. ``benchmarks/run.py`` times the phases of a level with them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import time
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,15 +28,17 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.strategies import Strategy
 
-from lightning_lottery import distributed
+from lightning_lottery import distributed, stability
 from lightning_lottery._compat import override
 from lightning_lottery.atomic import atomic_commit, temporary_name
 from lightning_lottery.callback import LotteryTicket, capture_state
 from lightning_lottery.config import LotteryConfig
+from lightning_lottery.data.tensor_datamodule import TensorDataModule
 from lightning_lottery.masks import Mask, count_alive, count_total, layer_counts, remaining
 from lightning_lottery.plan import Run
 from lightning_lottery.result import RunResult
 from lightning_lottery.rewind import RewindState, cpu_copy
+from lightning_lottery.stability import Stability
 from lightning_lottery.store import LevelInfo
 
 __all__ = ["Executor", "ResumeCheckpoint", "Trained", "ValidationHistory"]
@@ -259,3 +265,80 @@ class Executor:
             return self._test(trainer, run)
         finally:
             self.model.load_state_dict(own)
+
+    # ------------------------------------------------------------------------------------ the stability run
+    def stability(self, run: Run, mask: Mask, start: RewindState, *, seeds: tuple[int, int], max_steps: int | None,
+                  info: LevelInfo, progress: Callback, settings: Stability, loggers: list[Logger]) -> Trained:
+        """Train two copies of ``run``'s network from ``start`` with ``mask`` under the data-order ``seeds``, then
+        evaluate ``(1 − α)·θ¹ + α·θ²`` on the α grid on the test data and on the training data.
+
+        Each copy is one :meth:`execute` (its own resume checkpoint, ``checkpoints/copy_<i>`` in the run's directory;
+        no loggers) under ``pl.seed_everything(seed)`` and, for a :class:`TensorDataModule` (the bundled data
+        modules: their training shuffle and augmentation follow their ``seed``), that seed for the copy's fit. The
+        training data is evaluated with the model's ``test_step`` (``test_loss``, ``test_acc``)."""
+        began = time.perf_counter()
+        copies, states = [], []
+        for i, seed in enumerate(seeds, 1):
+            copy_info = dataclasses.replace(info, directory=info.directory / "checkpoints" / f"copy_{i}", seed=seed)
+            with _data_seed(self.datamodule, seed):
+                copies.append(self.execute(run, mask, start, seed=seed, max_steps=max_steps, info=copy_info, loggers=[],
+                                           progress=progress, keep_final_state=False).result)
+            states.append(cpu_copy(self.model.state_dict()))
+        if distributed.is_main() and all(torch.equal(a, states[1][k]) for k, a in states[0].items()):
+            warnings.warn(f"{run}: the two copies ended identical (barrier 0 by construction): the training data's "
+                          "order follows neither the global seed nor a TensorDataModule's seed", stacklevel=2)
+        curve = self._interpolation(run, states, info, settings)
+        first = copies[0]
+
+        def mean(key: str) -> float | None:
+            values = [getattr(c, key) for c in copies]
+            return None if None in values else sum(values) / 2
+
+        result = RunResult(
+            branch=run.branch, replicate=run.replicate, seed=seeds[0], level=run.level, remaining=first.remaining,
+            alive=first.alive, total=first.total, test_acc=mean("test_acc"), test_loss=mean("test_loss"),
+            steps=first.steps, wall_s=round(time.perf_counter() - began, 3), rewind_step=first.rewind_step,
+            layers=first.layers, stability_curve=curve, **stability.summarize(curve))
+        return Trained(result, start, None, loggers)
+
+    def _interpolation(self, run: Run, states: list[dict[str, torch.Tensor]], info: LevelInfo, settings: Stability
+                       ) -> list[dict[str, float]]:
+        """The rows ``{alpha, test_err, test_loss, train_err, train_loss}`` of the curve (a loss is ``None`` when the
+        model logs no ``test_loss``); the model ends with the second copy's weights."""
+        trainer = self._trainer(info, [], [], None)
+        rows = []
+        for alpha in stability.alphas(settings.alphas):
+            self.model.load_state_dict(stability.interpolate(states[0], states[1], alpha))
+            if settings.bn == "recompute":
+                stability.recompute_bn(self.model, self._train_batches(), settings.bn_batches)
+            test = self._test(trainer, run)
+            self.emit("test_start", run)
+            with warnings.catch_warnings():  # the training data, shuffled, on purpose
+                warnings.filterwarnings("ignore", message=".*sampler has shuffling enabled")
+                train = trainer.test(self.model, dataloaders=self._train_batches(), verbose=False)
+            self.emit("test_end", run)
+            train_metrics = {k: float(v) for k, v in (train[0] if train else {}).items()}
+            values = {"test_err": 1.0 - test["test_acc"], "test_loss": test.get("test_loss"),
+                      "train_err": 1.0 - train_metrics["test_acc"], "train_loss": train_metrics.get("test_loss")}
+            rows.append({"alpha": round(alpha, 6), **{k: None if v is None else round(v, 7) for k, v in values.items()}})
+        self.model.load_state_dict(states[1])
+        return rows
+
+    def _train_batches(self) -> Any:
+        return self.datamodule.train_dataloader()
+
+
+@contextlib.contextmanager
+def _data_seed(datamodule: pl.LightningDataModule, seed: int) -> Iterator[None]:
+    """A :class:`TensorDataModule`'s ``seed`` (training shuffle, augmentation) set to ``seed`` meanwhile; its splits
+    were made at ``setup`` and do not change."""
+    if not isinstance(datamodule, TensorDataModule):
+        yield
+        return
+    own = datamodule.seed
+    datamodule.setup("fit")  # the splits under its own seed, before the seed changes
+    datamodule.seed = seed
+    try:
+        yield
+    finally:
+        datamodule.seed = own

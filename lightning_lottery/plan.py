@@ -2,8 +2,9 @@
 
 Pure data, no Lightning and no torch. A :class:`Run` is one ``Trainer.fit``: a (replicate, branch, level). The
 :class:`Plan` is the run graph: level L of the main line needs level L−1 (whose final weights give mask L);
-a control at level L needs the main line's mask L, i.e. the main line's run at level L−1; replicates are
-independent. :meth:`Plan.ready` says which runs can start given the finished ones, so an executor may run them
+a control at level L needs the main line's mask L, i.e. the main line's run at level L−1; a ``stability`` run
+(two copies interpolated, :mod:`lightning_lottery.stability`) at level L ≥ 1 needs the same, at level 0 the main
+line's level 0 (the rewind point); replicates are independent. :meth:`Plan.ready` says which runs can start given the finished ones, so an executor may run them
 in any order the graph allows; :meth:`Plan.runs` is the sequential order. :class:`Seeds` derives every seed.
 
 Example:
@@ -24,7 +25,10 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 
-__all__ = ["Plan", "Run", "Seeds"]
+__all__ = ["STABILITY", "Plan", "Run", "Seeds"]
+
+#: The branch name of the stability runs (the instability analysis of a level's subnetwork).
+STABILITY = "stability"
 
 
 @dataclass(frozen=True, order=True)
@@ -51,32 +55,39 @@ class Run:
 @dataclass(frozen=True)
 class Plan:
     """The run graph of an experiment: ``replicates`` × (the main line's levels 0..``levels`` + ``controls`` at
-    every level ≥ 1).
+    every level ≥ 1 + a ``stability`` run at each of the ``stability`` levels up to ``levels``).
 
     Args:
         levels: pruning levels after the dense level 0.
         replicates: independent repetitions under other seeds.
         main: the main line's branch name (it depends on the rewinding mode, see :mod:`lightning_lottery.branches`).
         controls: the control branches trained with each level's mask, in the order they run.
+        stability: the levels with a stability run (levels above ``levels`` are left out).
     """
 
     levels: int
     replicates: int
     main: str
     controls: tuple[str, ...] = ()
+    stability: tuple[int, ...] = ()
 
     def runs(self) -> list[Run]:
-        """Every run in sequential execution order: per replicate, per level, the main line then the controls."""
+        """Every run in sequential execution order: per replicate, per level, the main line, the controls, then the
+        stability run."""
         out = []
         for replicate in range(self.replicates):
             for level in range(self.levels + 1):
                 out.append(Run(replicate, self.main, level))
                 if level > 0:
                     out.extend(Run(replicate, branch, level) for branch in self.controls)
+                if level in self.stability:
+                    out.append(Run(replicate, STABILITY, level))
         return out
 
     def needs(self, run: Run) -> tuple[Run, ...]:
-        """The runs whose outputs ``run`` starts from (level 0 needs none)."""
+        """The runs whose outputs ``run`` starts from (level 0 of the main line needs none)."""
+        if run.branch == STABILITY and run.level == 0:
+            return (Run(run.replicate, self.main, 0),)  # the rewind point
         if run.level == 0:
             return ()
         return (Run(run.replicate, self.main, run.level - 1),)
@@ -131,6 +142,10 @@ class Seeds:
     def random_mask(self, run: Run) -> int:
         """The positions of the ``random_mask`` control at ``run.level``."""
         return self.replicate(run.replicate) * 1000 + run.level + 500
+
+    def stability(self, run: Run, copy: int) -> int:
+        """The data-order seed of copy ``copy`` (1 or 2) of a stability run (global seed and data module seed)."""
+        return 7_000_000 + self.replicate(run.replicate) * 1000 + 2 * run.level + copy - 1
 
     def criterion(self, run: Run) -> int:
         """The generator a (possibly random) criterion scores with when ``run`` prunes its final weights."""

@@ -28,7 +28,7 @@ import fnmatch
 import math
 import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from fractions import Fraction
 from numbers import Integral, Real
@@ -36,12 +36,15 @@ from typing import Literal
 
 import torch
 
+from lightning_lottery.structured import broadcast, protect_output, random_units_like, unit_mask, unit_scores
 from lightning_lottery.masks import Mask
 from lightning_lottery.selection import Layer, PruningError, finish, new_mask, prepare, threshold
 
-__all__ = ["PruningError", "Scope", "prune", "prune_to", "pruning_count", "random_mask_like", "resolve_rates"]
+__all__ = ["PruningError", "Scope", "Structure", "prune", "prune_to", "pruning_count", "random_mask_like", "resolve_rates"]
 
 Scope = Literal["global", "layerwise"]
+#: ``"unstructured"``: single weights; ``"units"``: whole rows / filters (:mod:`lightning_lottery.structured`).
+Structure = Literal["unstructured", "units"]
 
 # -------------------------------------------------------------------------------------------- counting
 
@@ -198,6 +201,23 @@ def _prune_pool(pool: list[Layer], k: int, min_alive: int) -> dict[str, torch.Te
     return out
 
 
+def _check_structure(structure: object) -> str:
+    if structure not in ("unstructured", "units"):
+        raise PruningError(f"structure must be 'unstructured' or 'units', got {structure!r}")
+    return structure  # type: ignore[return-value]
+
+
+def _by_units(level: Callable[..., Mask], scores: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor],
+              value: float, scope: str, overrides: dict[str, dict[str, float]], norm: str, min_alive: int) -> Mask:
+    """``level`` (:func:`prune` or :func:`prune_to`) on unit scores and unit masks, broadcast back over the weights.
+    Global scope compares the norms per weight (:func:`lightning_lottery.structured.unit_scores`)."""
+    units = unit_mask(mask)
+    us = unit_scores(scores, mask, norm, per_weight=scope == "global")  # type: ignore[arg-type]
+    new = level(us, {n: u.to(us[n].device) for n, u in units.items()}, value, scope=scope, min_alive=min_alive,
+                **overrides)
+    return broadcast(mask, new)
+
+
 def _check_common(scope: object, min_alive: object) -> None:
     if scope not in ("global", "layerwise"):
         raise PruningError(f"scope must be 'global' or 'layerwise', got {scope!r}")
@@ -216,8 +236,14 @@ def prune(
     scope: Scope = "layerwise",
     rates: Mapping[str, float] = {},  # noqa: B006 - read only
     min_alive: int = 1,
+    structure: Structure = "unstructured",
+    unit_norm: str = "l1",
 ) -> Mask:
     """One level of iterative pruning: remove a fraction ``rate`` of the weights that are still alive.
+
+    ``structure="units"`` removes whole units instead (rows of a Linear weight, filters of a Conv weight), scored by
+    the ``unit_norm`` (``"l1"`` / ``"l2"``) of their alive fan-in scores, the output layer (the last parameter) never:
+    :mod:`lightning_lottery.structured` (``rate`` is then the fraction of alive *units*).
 
     ``"layerwise"``: each parameter loses ``pruning_count(alive, its rate)`` weights (rates from
     :func:`resolve_rates`). ``"global"``: the parameters without an override in ``rates`` form one pool that loses
@@ -238,6 +264,9 @@ def prune(
         tensor([False,  True,  True, False, False])
     """
     _check_common(scope, min_alive)
+    if _check_structure(structure) == "units":
+        return _by_units(prune, scores, mask, rate, scope, {"rates": protect_output(list(mask), rates, 0.0)},
+                         unit_norm, min_alive)
     layers = prepare(scores, mask)
     per_name, overridden = _resolve(
         [layer.name for layer in layers], rate, rates, what="rate",
@@ -263,8 +292,12 @@ def prune_to(
     scope: Scope = "layerwise",
     targets: Mapping[str, float] = {},  # noqa: B006 - read only
     min_alive: int = 1,
+    structure: Structure = "unstructured",
+    unit_norm: str = "l1",
 ) -> Mask:
     """One-shot pruning to a fraction ``target`` in ``(0, 1]`` of weights remaining.
+
+    ``structure="units"``: of *units* remaining (the output layer keeps all), as in :func:`prune`.
 
     The kept count is ``floor(target * total + 0.5)`` of each parameter's total (``"layerwise"``) or of the pool's
     total (``"global"``, the parameters without an override in ``targets``). ``targets`` maps fnmatch patterns to
@@ -279,6 +312,9 @@ def prune_to(
         [7, 8, 9]
     """
     _check_common(scope, min_alive)
+    if _check_structure(structure) == "units":
+        return _by_units(prune_to, scores, mask, target, scope,
+                         {"targets": protect_output(list(mask), targets, 1.0)}, unit_norm, min_alive)
     layers = prepare(scores, mask)
     per_name, overridden = _resolve(
         [layer.name for layer in layers], target, targets, what="target",
@@ -297,10 +333,13 @@ def prune_to(
     return {layer.name: out[layer.name] for layer in layers}
 
 
-def random_mask_like(mask: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> Mask:
+def random_mask_like(mask: Mapping[str, torch.Tensor], generator: torch.Generator | None = None,
+                     structure: Structure = "unstructured") -> Mask:
     """A mask with the same number of alive weights per parameter as ``mask``, at uniformly random positions.
 
     The random-mask control of the lottery-ticket paper. Positions are drawn on CPU (reproducible across devices).
+    ``structure="units"``: whole units shuffled instead (same alive units per parameter):
+    :func:`lightning_lottery.random_units_like`.
 
     Example:
         >>> import torch
@@ -308,6 +347,8 @@ def random_mask_like(mask: Mapping[str, torch.Tensor], generator: torch.Generato
         >>> int(random_mask_like(m, torch.Generator().manual_seed(0))["w"].sum())
         2
     """
+    if _check_structure(structure) == "units":
+        return random_units_like(mask, generator)
     out: Mask = {}
     for name, m in mask.items():
         flat = torch.zeros(m.numel(), dtype=torch.bool)

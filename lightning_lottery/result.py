@@ -21,6 +21,8 @@ __all__ = ["LAYER_COLUMNS", "RESULT_COLUMNS", "SUMMARY_KEYS", "RunResult"]
 
 _COLUMN = {"column": True}
 _BOTH = {"column": True, "summary": True}
+#: A stability run's fields: in its ``metrics.json`` and summary only, left out of every other run's.
+_STABILITY = {"summary": True, "optional": True}
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,9 @@ class RunResult:
     """The results of one run (a row of ``results.csv`` plus its per-layer counts and validation history).
 
     Fields marked ``column`` are the columns of ``results.csv`` (in this order); fields marked ``summary`` go to
-    every logger (as ``lottery/<key>``) and to the W&B run summary.
+    every logger (as ``lottery/<key>``) and to the W&B run summary. Fields marked ``optional`` (a ``stability``
+    run's barriers and curve) are left out of ``to_dict`` when unset, so other runs' ``metrics.json`` keep their
+    keys. A stability run's ``test_acc`` / ``test_loss`` are the mean of its two copies' (α = 0 and 1).
     """
 
     branch: str = field(metadata=_COLUMN)
@@ -49,10 +53,18 @@ class RunResult:
     rewind_step: int = 0
     layers: dict[str, dict[str, float]] = field(default_factory=dict)
     val_history: list[dict[str, float]] = field(default_factory=list)
+    barrier_test_err: Optional[float] = field(default=None, metadata=_STABILITY)
+    barrier_train_loss: Optional[float] = field(default=None, metadata=_STABILITY)
+    #: ``{alpha, test_err, test_loss, train_err, train_loss}`` per α of the interpolation.
+    stability_curve: list[dict[str, float]] = field(default_factory=list, metadata={"optional": True})
 
     def to_dict(self) -> dict[str, Any]:
-        """The row as ``metrics.json`` holds it."""
-        return dataclasses.asdict(self)
+        """The row as ``metrics.json`` holds it (optional fields only when set)."""
+        row = dataclasses.asdict(self)
+        for f in dataclasses.fields(self):
+            if f.metadata.get("optional") and row[f.name] in (None, []):
+                del row[f.name]
+        return row
 
     @classmethod
     def from_dict(cls, row: Mapping[str, Any]) -> RunResult:

@@ -24,7 +24,7 @@ from lightning_lottery.executor import EventHandler, Executor
 from lightning_lottery.flops import costs_on_first_batch
 from lightning_lottery.identity import experiment_identity
 from lightning_lottery.masks import Mask, ones_mask, prunable_parameters, remaining
-from lightning_lottery.plan import Plan, Run, Seeds
+from lightning_lottery.plan import STABILITY, Plan, Run, Seeds
 from lightning_lottery.preflight import Preflight, PreflightError, check_initialized, preflight
 from lightning_lottery.pruning import PruningError
 from lightning_lottery.progress import ExperimentProgress, format_table, lightning_banners_off
@@ -103,7 +103,8 @@ class PruningScheduler:
         self.experiment_config = dict(experiment_config) if experiment_config is not None else self.identity
         self.experiment_id = ""
         cfg = self.config
-        self.plan = Plan(cfg.levels, len(cfg.replicate_seeds), branches.main_line(cfg.rewind).name, tuple(cfg.controls))
+        self.plan = Plan(cfg.levels, len(cfg.replicate_seeds), branches.main_line(cfg.rewind).name, tuple(cfg.controls),
+                         cfg.stability.levels if cfg.stability is not None else ())
         self.main_branch = self.plan.main
         self.seeds = Seeds(tuple(cfg.replicate_seeds))
         self.executor = Executor(model, datamodule, cfg, self.trainer_kwargs, on_event)
@@ -186,14 +187,21 @@ class PruningScheduler:
             self.model.load_state_dict(self._theta0 if run.replicate == 0 else self._fresh_init(seed))
         # rank 0 reads (or computes) the run's mask and starting state; every rank trains from the same ones
         mask, start = distributed.on_main(lambda: self._start(run))
-        max_steps = None if run.level == 0 else distributed.on_main(
+        max_steps = None if run.level == 0 and run.branch != STABILITY else distributed.on_main(
             lambda: int(self.store.read_metrics(self.plan.main_run(run.replicate, 0))["steps"]))
         info = LevelInfo(run.level, self.config.levels, remaining(mask), run_dir, self.experiment_id, run.branch,
                          run.replicate, seed)
-        trained = self.executor.execute(
-            run, mask, start, seed=seed, max_steps=max_steps, info=info,
-            loggers=tracking.make_loggers(self.logger, info, self._tracker), progress=progress.callback(),
-            keep_final_state=self._keeps_final_state(run))
+        loggers = tracking.make_loggers(self.logger, info, self._tracker)
+        if run.branch == STABILITY:  # two copies from the ticket, then their interpolation
+            assert start is not None and self.config.stability is not None
+            trained = self.executor.stability(
+                run, mask, start, seeds=(self.seeds.stability(run, 1), self.seeds.stability(run, 2)),
+                max_steps=max_steps, info=info, progress=progress.callback(), settings=self.config.stability,
+                loggers=loggers)
+        else:
+            trained = self.executor.execute(run, mask, start, seed=seed, max_steps=max_steps, info=info,
+                                            loggers=loggers, progress=progress.callback(),
+                                            keep_final_state=self._keeps_final_state(run))
         if main and is_main_line and run.level == 0:
             self.store.save_rewind_point(run.replicate, trained.rewind_point)
         if main and trained.final_state is not None:
@@ -222,18 +230,19 @@ class PruningScheduler:
         return result.to_dict()
 
     def _start(self, run: Run) -> tuple[Mask, RewindState | None]:
-        """The mask a run trains with and the state it starts from (``None``: the model as it is, level 0)."""
+        """The mask a run trains with and the state it starts from (``None``: the model as it is, level 0; the
+        rewind point for level 0's stability run)."""
         cfg = self.config
         if run.level == 0:
             mask = {n: m.cpu() for n, m in ones_mask(prunable_parameters(self.model, cfg.include, cfg.exclude)).items()}
             self.store.save_mask(run, mask)
-            return mask, None
+            return mask, self.store.load_rewind_point(run.replicate) if run.branch == STABILITY else None
         branch = branches.get(run.branch)
         inputs = branches.Inputs(
             run=run, seeds=self.seeds, mask=self.store.load_mask(self.plan.main_run(run.replicate, run.level)),
             rewind_point=self.store.load_rewind_point(run.replicate),
             trained=lambda level: self.store.load_final_state(self.plan.main_run(run.replicate, level)),
-            fresh_init=self._fresh_init, score=get_criterion(cfg.criterion))
+            fresh_init=self._fresh_init, score=get_criterion(cfg.criterion), structure=cfg.structure)
         state, mask = branch.start(inputs), branch.mask(inputs)
         if not branch.is_main_line:
             self.store.save_mask(run, mask)
@@ -247,7 +256,8 @@ class PruningScheduler:
         generator = torch.Generator().manual_seed(self.seeds.criterion(run))
         scores = get_criterion(cfg.criterion)(weights, generator=generator)
         device_mask = {n: m.to(weights[n].device) for n, m in mask.items()}
-        pruned = pruning.prune(scores, device_mask, cfg.rate, scope=cfg.scope, rates=cfg.rates)
+        pruned = pruning.prune(scores, device_mask, cfg.rate, scope=cfg.scope, rates=cfg.rates,
+                               structure=cfg.structure, unit_norm=cfg.unit_norm)
         return {n: m.cpu() for n, m in pruned.items()}
 
     def _pai_mask(self, run: Run) -> Mask:

@@ -535,8 +535,9 @@ def test_cuda_masks_stay_on_cuda_and_match_cpu() -> None:
 
 
 #: The pure-torch modules, and the package modules they may import (themselves pure, checked below too).
-_TENSOR_MODULES = ["masks", "criteria", "pruning", "selection"]
-_PURE_INTERNAL = {"lightning_lottery.masks", "lightning_lottery.selection", "lightning_lottery.atomic"}
+_TENSOR_MODULES = ["masks", "criteria", "pruning", "selection", "structured"]
+_PURE_INTERNAL = {"lightning_lottery.masks", "lightning_lottery.selection", "lightning_lottery.atomic",
+                  "lightning_lottery.structured"}
 
 
 @pytest.mark.parametrize("module", _TENSOR_MODULES)

@@ -4,6 +4,7 @@ checklist and :func:`build_report`, which writes the page, the PNGs and SVGs, ``
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import json
 import os
@@ -15,6 +16,9 @@ from lightning_lottery.aggregate import branch_sort_key, write_aggregate
 from lightning_lottery.atomic import atomic_write_bytes
 from lightning_lottery.report.figures import captions, render_all
 from lightning_lottery.report.record import ExperimentRecord, load_experiment, main_branch, triple
+from lightning_lottery.report.stability import FIGURE as STABILITY_FIGURE
+from lightning_lottery.report.stability import curve_csv, section_html, split
+from lightning_lottery.report.stability import render as render_stability
 from lightning_lottery.report.table import summary_table, table_csv, table_html
 from lightning_lottery.report.verdict import verdict_html, verdict_of
 from lightning_lottery.store import ExperimentStore
@@ -70,7 +74,7 @@ def _checks(record: ExperimentRecord, table: Sequence[Mapping[str, Any]]) -> lis
 
 
 def _html(record: ExperimentRecord, table: Sequence[Mapping[str, Any]], images: Mapping[str, bytes | None],
-          notes: Sequence[str]) -> str:
+          notes: Sequence[str], extra: str = "") -> str:
     """The self-contained page: header, verdict, notes, table, embedded figures (and links to their SVGs),
     checklist."""
     dataset, arch, metric = triple(record.config)
@@ -104,6 +108,8 @@ def _html(record: ExperimentRecord, table: Sequence[Mapping[str, Any]], images: 
         b64 = base64.b64encode(data).decode("ascii")
         parts.append(f'<figure id="fig-{name}"><img alt="{esc(caption)}" src="data:image/png;base64,{b64}">'
                      f'<figcaption>{esc(caption)} <a href="{name}.svg">SVG</a></figcaption></figure>')
+    if extra:  # the instability analysis, when the experiment ran one
+        parts.append(extra)
     parts.append("<h2>Reporting checklist (Blalock et al., 2020)</h2><ul class=\"checks\">")
     parts.extend(f"<li>{'✔' if ok else '✘'} {esc(text)}</li>" for ok, text in _checks(record, table))
     parts.append("</ul></body></html>\n")
@@ -130,6 +136,8 @@ def build_report(experiment_dir: str | os.PathLike, output_dir: str | os.PathLik
          'summary.csv']
     """
     record = load_experiment(experiment_dir)
+    rows, stability_rows = split(record.rows)  # an analysis: not part of the table, verdict, figures
+    record = dataclasses.replace(record, rows=rows)
     out = Path(output_dir) if output_dir is not None else ExperimentStore(record.root).report_dir
     dataset, arch, _ = triple(record.config)
     title = f"{arch} on {dataset} — {record.id}"
@@ -149,6 +157,12 @@ def build_report(experiment_dir: str | os.PathLike, output_dir: str | os.PathLik
             atomic_write_bytes(out / f"{name}.{fmt}", data)
     atomic_write_bytes(out / "summary.csv", table_csv(table, with_speedup=record.costs is not None).encode())
     write_aggregate(record.rows, out / "aggregate.csv")
+    stability_files = render_stability(stability_rows, title)
+    for fmt, data in (stability_files or {}).items():
+        atomic_write_bytes(out / f"{STABILITY_FIGURE}.{fmt}", data)
+    if stability_rows:
+        atomic_write_bytes(out / "stability.csv", curve_csv(stability_rows).encode())
     html_path = out / "report.html"
-    atomic_write_bytes(html_path, _html(record, table, images, notes).encode())
+    extra = section_html(stability_rows, (stability_files or {}).get("png"))
+    atomic_write_bytes(html_path, _html(record, table, images, notes, extra).encode())
     return html_path
