@@ -100,6 +100,16 @@ def _loss(model: nn.Module, batch: tuple[torch.Tensor, Any], device: torch.devic
     return nn.functional.cross_entropy(logits / temperature, y.to(device))
 
 
+def _summed_grads(model: nn.Module, params: list[torch.Tensor], batches: Batches, device: torch.device,
+                  temperature: float = 1.0) -> list[torch.Tensor]:
+    """``Σ_b ∂L_b/∂θ`` over the batches (zeros for parameters the loss does not reach)."""
+    total = [torch.zeros_like(p) for p in params]
+    for batch in batches:
+        for t, g in zip(total, _zeros_if_none(_grad(_loss(model, batch, device, temperature), params), params)):
+            t.add_(g)
+    return total
+
+
 def snip_scores(model: nn.Module, weights: Mapping[str, torch.Tensor], batches: Batches) -> dict[str, torch.Tensor]:
     """SNIP: ``|θ ⊙ Σ_b ∂L_b/∂θ|`` (the sum over the batches before the ``abs``), model in eval mode."""
     names, params = list(weights), list(weights.values())
@@ -107,10 +117,7 @@ def snip_scores(model: nn.Module, weights: Mapping[str, torch.Tensor], batches: 
     with preserved(model), torch.enable_grad():
         for p in params:
             p.requires_grad_(True)
-        total = [torch.zeros_like(p) for p in params]
-        for batch in batches:
-            for t, g in zip(total, _zeros_if_none(_grad(_loss(model, batch, device), params), params)):
-                t.add_(g)
+        total = _summed_grads(model, params, batches, device)
         return {n: (p.detach() * t).abs().float() for n, p, t in zip(names, params, total)}
 
 
@@ -122,10 +129,7 @@ def grasp_scores(model: nn.Module, weights: Mapping[str, torch.Tensor], batches:
     with preserved(model), torch.enable_grad():
         for p in params:
             p.requires_grad_(True)
-        g = [torch.zeros_like(p) for p in params]
-        for batch in batches:
-            for acc, grad in zip(g, _zeros_if_none(_grad(_loss(model, batch, device, temperature), params), params)):
-                acc.add_(grad)
+        g = _summed_grads(model, params, batches, device, temperature)
         hg = [torch.zeros_like(p) for p in params]
         for batch in batches:
             grads = _zeros_if_none(_grad(_loss(model, batch, device, temperature), params, create_graph=True), params)
