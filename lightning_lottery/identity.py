@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from lightning_lottery.config import LotteryConfig
+from lightning_lottery.store_format import canonical_json
 
 __all__ = ["IGNORED", "class_defaults", "cli_identity", "experiment_identity", "non_default"]
 
@@ -33,7 +34,8 @@ IGNORED = {
 
 
 def _canonical(value: Any) -> Any:
-    return json.loads(json.dumps(value, sort_keys=True, default=repr))
+    """``value`` as the experiment store hashes it (canonical JSON, objects by their ``repr``), read back."""
+    return json.loads(canonical_json(value))
 
 
 def non_default(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
