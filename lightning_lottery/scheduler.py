@@ -105,7 +105,6 @@ class PruningScheduler:
         cfg = self.config
         self.plan = Plan(cfg.levels, len(cfg.replicate_seeds), branches.main_line(cfg.rewind).name, tuple(cfg.controls),
                          cfg.stability.levels if cfg.stability is not None else ())
-        self.main_branch = self.plan.main
         self.seeds = Seeds(tuple(cfg.replicate_seeds))
         self.executor = Executor(model, datamodule, cfg, self.trainer_kwargs, on_event)
         self._theta0 = cpu_copy(model.state_dict())
