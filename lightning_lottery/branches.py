@@ -51,6 +51,8 @@ class Inputs:
         fresh_init: the model's own initialization under a seed (a ``state_dict``).
         score: the experiment's criterion.
         structure: ``lottery.structure``: with ``"units"`` the random and one-shot masks are structured too.
+        transferred: with ``lottery.transfer``, the weights a transferred ticket of a replicate starts from (the
+            source experiment's rewind weights, the re-initialized layers' from this experiment's rewind point).
     """
 
     run: Run
@@ -61,6 +63,7 @@ class Inputs:
     fresh_init: Callable[[int], dict[str, torch.Tensor]]
     score: Scorer
     structure: str = "unstructured"
+    transferred: Optional[Callable[[int], dict[str, torch.Tensor]]] = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,14 @@ def _at_rewind_point(state: RewindState, rewind_point: RewindState) -> RewindSta
     return state.at_position(rewind_point.step, rewind_point.epoch, rewind_point.batch, rewind_point.batches)
 
 
+def _transferred(inputs: Inputs) -> RewindState:
+    """The source experiment's ticket weights at this experiment's rewind position, without optimizer state (the
+    re-initialized layers may have other shapes)."""
+    if inputs.transferred is None:
+        raise ValueError("branch 'transfer' trains another experiment's tickets: set lottery.transfer")
+    return inputs.rewind_point.without_optimizer_state().with_model(inputs.transferred(inputs.run.replicate))
+
+
 def _random_mask(inputs: Inputs) -> Mask:
     generator = torch.Generator().manual_seed(inputs.seeds.random_mask(inputs.run))
     return pruning.random_mask_like(inputs.mask, generator, structure=inputs.structure)  # type: ignore[arg-type]
@@ -186,6 +197,9 @@ register(Branch("finetune", "the main line: trained weights and optimizer kept, 
 register(Branch("pai", "the main line of pruning at initialization: the mask scored at the rewind point (θ0) with "
                 "lottery.criterion and the training data, pruned at once to the level's lottery.prune_at_init "
                 "fraction, trained from the rewind point", start=lambda i: i.rewind_point, rewind="pai"))
+register(Branch("transfer", "the main line of ticket transfer: the source experiment's level-L ticket (its mask and "
+                "rewind weights, lottery.transfer.reinit layers from this experiment's rewind point) trained on this "
+                "task (Morcos et al. 2019)", start=_transferred, rewind="transfer"))
 register(Branch("random_reinit", "control: the level's mask on a fresh initialization, trained from step 0",
                 start=lambda i: RewindState(0, 0, i.fresh_init(i.seeds.reinit(i.run)))))
 register(Branch("random_mask", "control: random positions with the level's per-layer counts, from the rewind point",

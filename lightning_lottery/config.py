@@ -8,8 +8,10 @@ from typing import Any, Literal, Optional
 
 from lightning_lottery import branches, saliency  # noqa: F401 - saliency registers the criteria snip, grasp, synflow
 from lightning_lottery.rewind import RewindStep
+from lightning_lottery.early_bird import EarlyBird
 from lightning_lottery.stability import Stability
 from lightning_lottery.store import config_hash
+from lightning_lottery.transfer import Transfer
 
 # The accepted names come from the branch registry (typed for the command line's validation and --help).
 RewindMode = Literal[branches.rewind_modes()]  # type: ignore[valid-type]
@@ -110,6 +112,10 @@ class LotteryConfig:
         keep_checkpoints: keep each level's mid-level checkpoints after the level is done.
         stability: instability analysis (:class:`~lightning_lottery.stability.Stability`): at each of its levels, two
             copies trained from the rewind point under other data orders and interpolated (branch ``stability``).
+        early_bird: early-bird tickets (:class:`~lightning_lottery.early_bird.EarlyBird`, You et al. 2020): each
+            main-line level that prunes draws its next mask during training and stops once it has settled.
+        transfer: ticket transfer (:class:`~lightning_lottery.transfer.Transfer`, Morcos et al. 2019): the main line
+            (branch ``transfer``, ``rewind: transfer``, set by it) trains another experiment's tickets.
 
     Example:
         >>> from lightning_lottery.config import LotteryConfig
@@ -143,6 +149,8 @@ class LotteryConfig:
     structure: Literal["unstructured", "units"] = "unstructured"
     unit_norm: Literal["l1", "l2"] = "l1"
     stability: Optional[Stability] = None
+    early_bird: Optional[EarlyBird] = None
+    transfer: Optional[Transfer] = None
 
     def __post_init__(self) -> None:
         from lightning_lottery.criteria import available_criteria, criterion_info
@@ -157,6 +165,10 @@ class LotteryConfig:
                 object.__setattr__(self, "stability", Stability(**self.stability))
             except TypeError as err:
                 raise ValueError(f"lottery.stability: {err}") from None
+        self._nested("early_bird", EarlyBird)
+        self._nested("transfer", Transfer)
+        if self.transfer is not None and self.rewind == "full":  # the default: transfer's main line replaces it
+            object.__setattr__(self, "rewind", "transfer")
 
         if isinstance(self.levels, bool) or not isinstance(self.levels, int) or self.levels < 0:
             raise ValueError(f"lottery.levels must be an integer >= 0, got {self.levels!r}")
@@ -185,10 +197,33 @@ class LotteryConfig:
             raise ValueError(f"lottery.criterion {self.criterion!r} is unknown; available: {available_criteria()}")
         self._check_pai(criterion_info(self.criterion).data)
         self._check_structure()
+        self._check_early_bird_and_transfer()
         for key in ("val_every_n_steps", "checkpoint_every_n_steps"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise ValueError(f"lottery.{key} must be a positive integer or null, got {value!r}")
+
+    def _nested(self, key: str, cls: type) -> None:
+        value = getattr(self, key)
+        if isinstance(value, dict):
+            try:
+                object.__setattr__(self, key, cls(**value))
+            except TypeError as err:
+                raise ValueError(f"lottery.{key}: {err}") from None
+        elif value is not None and not isinstance(value, cls):
+            raise ValueError(f"lottery.{key} must be a mapping of its settings, got {value!r}")
+
+    def _check_early_bird_and_transfer(self) -> None:
+        if (self.rewind == "transfer") != (self.transfer is not None):
+            raise ValueError("lottery.rewind: transfer trains another experiment's tickets: set lottery.transfer.source"
+                             if self.transfer is None else f"lottery.transfer is set but lottery.rewind is "
+                             f"{self.rewind!r}: transfer trains the source's tickets (leave rewind unset)")
+        if self.early_bird is not None and self.rewind in ("pai", "transfer"):
+            raise ValueError(f"lottery.early_bird draws the next level's mask during training; with rewind: "
+                             f"{self.rewind} the masks do not come from training (remove early_bird)")
+        if self.transfer is not None and "oneshot" in self.controls:
+            raise ValueError("lottery.controls: oneshot prunes this experiment's dense network with IMP's rates; "
+                             "with lottery.transfer use random_mask and random_reinit")
 
     def _check_structure(self) -> None:
         if self.structure not in ("unstructured", "units"):
@@ -232,6 +267,12 @@ class LotteryConfig:
             out["prune_at_init"] = self.prune_at_init.changed()
         if self.stability is not None:
             out["stability"] = self.stability.changed()
+        for key in ("early_bird", "transfer"):  # absent unless set: identities from before them are unchanged
+            value = getattr(self, key)
+            if value is None:
+                del out[key]
+            else:
+                out[key] = value.changed()
         return out
 
     @property

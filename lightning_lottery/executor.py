@@ -34,6 +34,7 @@ from lightning_lottery.atomic import atomic_commit, temporary_name
 from lightning_lottery.callback import LotteryTicket, capture_state
 from lightning_lottery.config import LotteryConfig
 from lightning_lottery.data.tensor_datamodule import TensorDataModule
+from lightning_lottery.early_bird_callback import EarlyBirdWatch
 from lightning_lottery.masks import Mask, count_alive, count_total, layer_counts, remaining
 from lightning_lottery.plan import Run
 from lightning_lottery.result import RunResult
@@ -181,9 +182,11 @@ class Executor:
             self.on_event(event, run)
 
     def execute(self, run: Run, mask: Mask, start: RewindState | None, *, seed: int, max_steps: int | None,
-                info: LevelInfo, loggers: list[Logger], progress: Callback, keep_final_state: bool) -> Trained:
+                info: LevelInfo, loggers: list[Logger], progress: Callback, keep_final_state: bool,
+                early_bird: EarlyBirdWatch | None = None) -> Trained:
         """Fit ``run`` from ``start`` (``None``: the model as it is) with ``mask``, resuming its checkpoint if one
-        exists; test the final weights and those at the early-stopping iteration."""
+        exists; test the final weights and those at the early-stopping iteration. ``early_bird`` (a main-line run
+        that prunes, with ``lottery.early_bird``) may stop the fit early; its fields go into the result."""
         cfg = self.config
         began = time.perf_counter()
         lottery = LotteryTicket(mask, rewind_to=cfg.rewind_to, include=cfg.include, exclude=cfg.exclude,
@@ -193,7 +196,10 @@ class Executor:
         resume = info.directory / "checkpoints" / "last.ckpt"
         every = cfg.checkpoint_every_n_steps or (10 * cfg.val_every_n_steps if cfg.val_every_n_steps else None)
         last = ResumeCheckpoint(resume, every, cfg.val_every_n_steps)  # after `history`: it sees the validation
-        trainer = self._trainer(info, [lottery, history, last, progress], loggers, max_steps)
+        watch = [early_bird] if early_bird is not None else []  # before `last`: its window is in the checkpoint
+        if early_bird is not None:
+            early_bird.ready = lambda: lottery.rewind_point is not None
+        trainer = self._trainer(info, [lottery, history, *watch, last, progress], loggers, max_steps)
         self.emit("trainer_made", run)
 
         pl.seed_everything(seed, workers=True, verbose=False)
@@ -221,6 +227,7 @@ class Executor:
             best_val_acc=max((r.get("val_acc", float("nan")) for r in val_history), default=None),
             steps=trainer.global_step, wall_s=round(time.perf_counter() - began, 3),
             rewind_step=rewind_point.step, layers=layer_counts(mask), val_history=val_history,
+            **(early_bird.fields(trainer.global_step) if early_bird is not None else {}),
         )
         return Trained(result, rewind_point, final_state, loggers)
 

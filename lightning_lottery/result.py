@@ -17,12 +17,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-__all__ = ["LAYER_COLUMNS", "RESULT_COLUMNS", "SUMMARY_KEYS", "RunResult"]
+__all__ = ["LAYER_COLUMNS", "RESULT_COLUMNS", "SUMMARY_KEYS", "RunResult", "budget"]
 
 _COLUMN = {"column": True}
 _BOTH = {"column": True, "summary": True}
 #: A stability run's fields: in its ``metrics.json`` and summary only, left out of every other run's.
 _STABILITY = {"summary": True, "optional": True}
+#: An early-bird run's fields (``lottery.early_bird``): columns and summary keys, left out of other runs' metrics.
+_EARLY_BIRD = {"column": True, "summary": True, "optional": True}
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,10 @@ class RunResult:
     barrier_train_loss: Optional[float] = field(default=None, metadata=_STABILITY)
     #: ``{alpha, test_err, test_loss, train_err, train_loss}`` per α of the interpolation.
     stability_curve: list[dict[str, float]] = field(default_factory=list, metadata={"optional": True})
+    #: The step at which the early-bird ticket was declared (``None``: not declared, or no ``lottery.early_bird``).
+    early_bird_step: Optional[int] = field(default=None, metadata=_EARLY_BIRD)
+    #: The training steps not trained because the early-bird ticket stopped the fit (against full IMP's budget).
+    steps_saved: Optional[int] = field(default=None, metadata=_EARLY_BIRD)
 
     def to_dict(self) -> dict[str, Any]:
         """The row as ``metrics.json`` holds it (optional fields only when set)."""
@@ -75,6 +81,16 @@ class RunResult:
     def summary(self) -> dict[str, float]:
         """The summary values that are set, as floats (what every logger receives)."""
         return {k: float(getattr(self, k)) for k in SUMMARY_KEYS if getattr(self, k) is not None}
+
+
+def budget(row: Mapping[str, Any]) -> int:
+    """The steps a run was given: those it trained plus those an early-bird stop saved (full IMP's budget).
+
+    Example:
+        >>> budget({"steps": 300, "steps_saved": 700}), budget({"steps": 1000})
+        (1000, 1000)
+    """
+    return int(row["steps"]) + int(row.get("steps_saved") or 0)
 
 
 #: The columns of ``results.csv``, in order.

@@ -20,6 +20,7 @@ import torch
 from lightning_lottery import branches, distributed, launch, pruning, saliency, tracking
 from lightning_lottery.config import LotteryConfig
 from lightning_lottery.criteria import criterion_info, get_criterion
+from lightning_lottery.early_bird_callback import EarlyBirdWatch
 from lightning_lottery.executor import EventHandler, Executor
 from lightning_lottery.flops import costs_on_first_batch
 from lightning_lottery.identity import experiment_identity
@@ -28,9 +29,11 @@ from lightning_lottery.plan import STABILITY, Plan, Run, Seeds
 from lightning_lottery.preflight import Preflight, PreflightError, check_initialized, preflight
 from lightning_lottery.pruning import PruningError
 from lightning_lottery.progress import ExperimentProgress, format_table, lightning_banners_off
+from lightning_lottery.result import budget
 from lightning_lottery.rewind import RewindState, cpu_copy, fresh_initialization
 from lightning_lottery.store import ExperimentStore, LevelInfo, config_hash
 from lightning_lottery.ticket import Ticket
+from lightning_lottery.transfer import TransferSource
 from lightning_lottery.tracking import LoggerFactory, WandbSettings, WandbTracker
 
 __all__ = ["LevelInfo", "PruningScheduler"]
@@ -100,6 +103,9 @@ class PruningScheduler:
         self.store = ExperimentStore(self.config.out_dir)
         self.identity = dict(identity) if identity is not None else experiment_identity(
             model, datamodule, self.trainer_kwargs, self.config)
+        self._source = TransferSource(self.config.transfer) if self.config.transfer is not None else None
+        if self._source is not None:  # the source experiment is part of what identifies this one
+            self.identity = {**self.identity, "transfer_source": self._source.identity()}
         self.experiment_config = dict(experiment_config) if experiment_config is not None else self.identity
         self.experiment_id = ""
         cfg = self.config
@@ -134,6 +140,13 @@ class PruningScheduler:
                 saliency.num_classes(self.model, self._prune_set(Run(0, self.plan.main, 1))[0])
             except PruningError as err:
                 raise PreflightError(f"lottery.prune_at_init: {err}") from None
+        if self._source is not None:
+            cfg = self.config
+            try:
+                self._source.check(self.model.state_dict(), list(prunable_parameters(self.model, cfg.include,
+                                   cfg.exclude)), cfg.levels, len(cfg.replicate_seeds))
+            except ValueError as err:
+                raise PreflightError(str(err)) from None
         return checked
 
     def run(self) -> list[dict[str, Any]]:
@@ -187,7 +200,7 @@ class PruningScheduler:
         # rank 0 reads (or computes) the run's mask and starting state; every rank trains from the same ones
         mask, start = distributed.on_main(lambda: self._start(run))
         max_steps = None if run.level == 0 and run.branch != STABILITY else distributed.on_main(
-            lambda: int(self.store.read_metrics(self.plan.main_run(run.replicate, 0))["steps"]))
+            lambda: budget(self.store.read_metrics(self.plan.main_run(run.replicate, 0))))
         info = LevelInfo(run.level, self.config.levels, remaining(mask), run_dir, self.experiment_id, run.branch,
                          run.replicate, seed)
         loggers = tracking.make_loggers(self.logger, info, self._tracker)
@@ -198,9 +211,11 @@ class PruningScheduler:
                 max_steps=max_steps, info=info, progress=progress.callback(), settings=self.config.stability,
                 loggers=loggers)
         else:
+            watch = EarlyBirdWatch(self.config.early_bird, lambda: self._next_mask(mask, run)) if (
+                self.config.early_bird is not None and is_main_line and run.level < self.config.levels) else None
             trained = self.executor.execute(run, mask, start, seed=seed, max_steps=max_steps, info=info,
                                             loggers=loggers, progress=progress.callback(),
-                                            keep_final_state=self._keeps_final_state(run))
+                                            keep_final_state=self._keeps_final_state(run), early_bird=watch)
         if main and is_main_line and run.level == 0:
             self.store.save_rewind_point(run.replicate, trained.rewind_point)
         if main and trained.final_state is not None:
@@ -241,7 +256,9 @@ class PruningScheduler:
             run=run, seeds=self.seeds, mask=self.store.load_mask(self.plan.main_run(run.replicate, run.level)),
             rewind_point=self.store.load_rewind_point(run.replicate),
             trained=lambda level: self.store.load_final_state(self.plan.main_run(run.replicate, level)),
-            fresh_init=self._fresh_init, score=get_criterion(cfg.criterion), structure=cfg.structure)
+            fresh_init=self._fresh_init, score=get_criterion(cfg.criterion), structure=cfg.structure,
+            transferred=None if self._source is None else (
+                lambda r: self._source.weights(r, self.store.load_rewind_point(r).model)))  # type: ignore[union-attr]
         state, mask = branch.start(inputs), branch.mask(inputs)
         if not branch.is_main_line:
             self.store.save_mask(run, mask)
@@ -251,6 +268,9 @@ class PruningScheduler:
         cfg = self.config
         if cfg.prune_at_init is not None:  # scored at the rewind point on rank 0, whatever was trained
             return distributed.on_main(lambda: self._pai_mask(run.next_level()))
+        if self._source is not None:  # the source's next ticket, whatever was trained
+            source = self._source
+            return distributed.on_main(lambda: source.mask(run.replicate, run.level + 1, mask))
         weights = {n: p.detach() for n, p in prunable_parameters(self.model, cfg.include, cfg.exclude).items()}
         generator = torch.Generator().manual_seed(self.seeds.criterion(run))
         scores = get_criterion(cfg.criterion)(weights, generator=generator)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
+from lightning_lottery.data.classes import check_classes, select_classes
 from lightning_lottery.data.tensor_datamodule import Splits, TensorDataModule
 
 __all__ = ["DigitsDataModule"]
@@ -14,7 +17,8 @@ class DigitsDataModule(TensorDataModule):
 
     Pixels are scaled to [0, 1] (÷16) and standardised with the training split's mean/std; shape
     ``[N, 64]`` when ``flatten`` (default), else ``[N, 1, 8, 8]``. A permutation seeded by ``seed``
-    assigns ``test_size`` images to test, ``val_size`` to validation and the rest to training.
+    assigns ``test_size`` images to test, ``val_size`` to validation and the rest to training. ``classes`` keeps
+    only those digits, each split restricted after splitting, labels remapped to ``0..k-1`` in the order given.
 
     Example:
         >>> dm = DigitsDataModule(batch_size=32)
@@ -34,6 +38,7 @@ class DigitsDataModule(TensorDataModule):
         test_size: int = 300,
         seed: int = 0,
         flatten: bool = True,
+        classes: Optional[list[int]] = None,
     ) -> None:
         super().__init__(
             batch_size=batch_size, eval_batch_size=eval_batch_size, val_size=val_size, seed=seed, test_size=test_size
@@ -42,6 +47,9 @@ class DigitsDataModule(TensorDataModule):
         if val_size < 0 or test_size < 0 or val_size + test_size >= 1797:
             raise ValueError(f"val_size + test_size must leave training data, got {val_size} + {test_size}")
         self.flatten = flatten
+        self.classes = check_classes(classes, 10)
+        if self.classes is not None:
+            self.num_classes = len(self.classes)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -63,4 +71,4 @@ class DigitsDataModule(TensorDataModule):
         x = (x - mean) / std
         if not self.flatten:
             x = x.reshape(-1, 1, 8, 8)
-        return {name: (x[idx], y[idx]) for name, idx in parts.items()}
+        return {name: select_classes((x[idx], y[idx]), self.classes) for name, idx in parts.items()}

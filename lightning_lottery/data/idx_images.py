@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 import torch
 from torch import Tensor
 
+from lightning_lottery.data.classes import check_classes, select_classes
 from lightning_lottery.data.errors import DataNotFoundError
 from lightning_lottery.data.idx import read_idx
 from lightning_lottery.data.tensor_datamodule import Splits, TensorDataModule
@@ -52,6 +53,8 @@ class IDXImageDataModule(TensorDataModule):
         seed: seed of the validation split and of the training shuffle.
         download: download missing files with torchvision (needs network).
         flatten: ``[N, 784]`` inputs instead of ``[N, 1, 28, 28]``.
+        classes: keep only these classes (before ``val_size`` images are held out), labels remapped to ``0..k-1``
+            in the order given, e.g. ``[5, 6, 7, 8, 9]``.
 
     Example:
         >>> class KMNIST(IDXImageDataModule):  # a new MNIST-style dataset is a few class attributes
@@ -80,6 +83,7 @@ class IDXImageDataModule(TensorDataModule):
         seed: int = 0,
         download: bool = False,
         flatten: bool = False,
+        classes: Optional[list[int]] = None,
     ) -> None:
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, val_size=val_size, seed=seed)
         self.save_hyperparameters()
@@ -88,6 +92,9 @@ class IDXImageDataModule(TensorDataModule):
         self.data_dir = data_dir
         self.download = download
         self.flatten = flatten
+        self.classes = check_classes(classes, self.num_classes)
+        if self.classes is not None:
+            self.num_classes = len(self.classes)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -186,4 +193,5 @@ class IDXImageDataModule(TensorDataModule):
         x_test = self._images(files["test_images"])
         y_test = self._labels(files["test_labels"], len(x_test))
         # split the uint8 images, then convert: 4x less memory traffic than gathering floats
-        return self._hold_out_val((x_train, y_train), (x_test, y_test), self._normalise)
+        train, test = select_classes((x_train, y_train), self.classes), select_classes((x_test, y_test), self.classes)
+        return self._hold_out_val(train, test, self._normalise)
