@@ -25,8 +25,13 @@ _TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("test_acc", "test acc (%)"),
     ("early_stop_iter", "early-stop iteration"),
     ("early_stop_test_acc", "test acc at early stop (%)"),
+    ("early_bird_step", "early-bird step"),
+    ("steps_saved", "steps saved"),
 )
-_TABLE_METRICS = ("remaining", "compression", "speedup", "test_acc", "early_stop_iter", "early_stop_test_acc")
+_TABLE_METRICS = ("remaining", "compression", "speedup", "test_acc", "early_stop_iter", "early_stop_test_acc",
+                  "early_bird_step", "steps_saved")
+#: Columns shown only when some run has them (``lottery.early_bird``).
+_OPTIONAL_COLUMNS = ("early_bird_step", "steps_saved")
 
 
 def _row_speedup(row: Mapping[str, Any], costs: Mapping[str, Mapping[str, int]]) -> float | None:
@@ -40,7 +45,8 @@ def _row_speedup(row: Mapping[str, Any], costs: Mapping[str, Mapping[str, int]])
 def summary_table(rows: Sequence[Mapping[str, Any]], costs: Mapping[str, Mapping[str, int]] | None = None
                   ) -> list[dict[str, Any]]:
     """One row per (branch, level): ``n`` and, for each of remaining, compression (total / alive), theoretical
-    speedup (only with ``costs``), test_acc, early_stop_iter and early_stop_test_acc, the mean over replicates
+    speedup (only with ``costs``), test_acc, early_stop_iter, early_stop_test_acc, early_bird_step and steps_saved
+    (``lottery.early_bird``; ``None`` without it), the mean over replicates
     (``<metric>``) and the 95% CI half-width (``<metric>_ci95``), in the units of ``results.json``.
 
     Example:
@@ -75,7 +81,7 @@ def _fmt_number(key: str, value: float | None) -> str:
         return "–"
     if key in ("remaining", "test_acc", "early_stop_test_acc"):
         return f"{100 * value:.2f}"
-    if key == "early_stop_iter":
+    if key in ("early_stop_iter", "early_bird_step", "steps_saved"):
         return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
     if key in ("compression", "speedup"):
         return "∞" if math.isinf(value) else f"{value:.2f}"
@@ -91,13 +97,15 @@ def _fmt_cell(key: str, entry: Mapping[str, Any]) -> str:
     return text
 
 
-def _table_columns(with_speedup: bool) -> list[tuple[str, str]]:
-    return [(k, h) for k, h in _TABLE_COLUMNS if with_speedup or k != "speedup"]
+def _table_columns(with_speedup: bool, table: Sequence[Mapping[str, Any]] = ()) -> list[tuple[str, str]]:
+    present = {k for k in _OPTIONAL_COLUMNS if any(entry.get(k) is not None for entry in table)}
+    return [(k, h) for k, h in _TABLE_COLUMNS
+            if (with_speedup or k != "speedup") and (k not in _OPTIONAL_COLUMNS or k in present)]
 
 
 def table_html(table: Sequence[Mapping[str, Any]], with_speedup: bool) -> str:
     """The ``<table id="results">``: shown text per cell, the full-precision value in ``data-value``."""
-    columns = _table_columns(with_speedup)
+    columns = _table_columns(with_speedup, table)
     head = "".join(f'<th data-key="{k}">{html.escape(h)}</th>' for k, h in columns)
     body = []
     for entry in table:
@@ -116,7 +124,7 @@ def table_html(table: Sequence[Mapping[str, Any]], with_speedup: bool) -> str:
 
 def table_markdown(table: Sequence[Mapping[str, Any]], with_speedup: bool) -> str:
     """The table as Markdown (shown values), for the W&B report."""
-    columns = _table_columns(with_speedup)
+    columns = _table_columns(with_speedup, table)
     lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
     for entry in table:
         cells = [str(entry[k]) if k in ("branch", "level", "n") else _fmt_cell(k, entry) for k, _ in columns]
@@ -126,7 +134,7 @@ def table_markdown(table: Sequence[Mapping[str, Any]], with_speedup: bool) -> st
 
 def table_csv(table: Sequence[Mapping[str, Any]], with_speedup: bool) -> str:
     """The table as CSV at full precision (``summary.csv``): the columns, then their ``_ci95`` half-widths."""
-    keys = [k for k, _ in _table_columns(with_speedup)]
+    keys = [k for k, _ in _table_columns(with_speedup, table)]
     keys += [f"{k}_ci95" for k in keys if k in _TABLE_METRICS]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n", extrasaction="ignore")
