@@ -103,7 +103,10 @@ class PruningScheduler:
         self.store = ExperimentStore(self.config.out_dir)
         self.identity = dict(identity) if identity is not None else experiment_identity(
             model, datamodule, self.trainer_kwargs, self.config)
-        self._source = TransferSource(self.config.transfer) if self.config.transfer is not None else None
+        try:  # a source that is not there is the user's mistake, said before anything is written
+            self._source = TransferSource(self.config.transfer) if self.config.transfer is not None else None
+        except ValueError as err:
+            raise PreflightError(str(err)) from None
         if self._source is not None:  # the source experiment is part of what identifies this one
             self.identity = {**self.identity, "transfer_source": self._source.identity()}
         self.experiment_config = dict(experiment_config) if experiment_config is not None else self.identity
