@@ -114,6 +114,10 @@ def _smoke_args(recipe: Path, out_dir: Path) -> list[str]:
     elif data_class == "lightning_lottery.data.FashionMNISTDataModule":  # real data: `make test` installs it
         args += ["--data.val_size", "100", "--data.eval_batch_size", "50", "--trainer.limit_val_batches", "1",
                  "--trainer.limit_test_batches", "1"]  # fmt: skip
+    if "transfer" in raw["lottery"]:  # its source experiment first (the recipe named like the source's directory)
+        source = out_dir.parent / "transfer_source"
+        assert main(_smoke_args(ROOT / "recipes" / f"{Path(raw['lottery']['transfer']['source']).name}.yaml", source)) == 0
+        args += ["--lottery.transfer.source", str(source)]
     return args
 
 
@@ -123,7 +127,8 @@ def test_recipe_runs_two_steps(recipe: Path, tmp_path: Path) -> None:
     assert main(_smoke_args(recipe, out_dir)) == 0
     with open(out_dir / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    main_line = branches.main_line(_load(recipe)["lottery"].get("rewind", "full")).name
+    lottery = _load(recipe)["lottery"]
+    main_line = branches.main_line("transfer" if "transfer" in lottery else lottery.get("rewind", "full")).name
     tickets = [r for r in rows if r["branch"] == main_line and int(r["replicate"]) == 0]  # recipes may add controls
     assert [int(r["level"]) for r in tickets] == [0, 1]
     assert float(tickets[0]["remaining"]) == 1.0 > float(tickets[1]["remaining"]) > 0.7
