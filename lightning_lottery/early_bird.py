@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -107,11 +107,11 @@ class MaskWindow:
     def __init__(self, window: int, eps: float) -> None:
         self.window, self.eps = window, eps
         self.masks: list[dict[str, torch.Tensor]] = []
-        self.found: Optional[int] = None
-        self.mask: Optional[dict[str, torch.Tensor]] = None
+        self.found: int | None = None
+        self.mask: dict[str, torch.Tensor] | None = None
         self.distances: list[dict[str, float]] = []  # {step, mask_distance} per draw after the first
 
-    def add(self, step: int, mask: Mapping[str, torch.Tensor]) -> Optional[float]:
+    def add(self, step: int, mask: Mapping[str, torch.Tensor]) -> float | None:
         """Take the mask drawn at ``step``; its distance to the window (``None`` when the window is empty)."""
         new = {n: m.detach().to("cpu", torch.bool, copy=True) for n, m in mask.items()}
         distances = [mask_distance(new, old) for old in self.masks]

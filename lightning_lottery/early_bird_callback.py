@@ -9,7 +9,7 @@ checkpoint: a killed run resumed declares at the same step.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
@@ -40,11 +40,11 @@ class EarlyBirdWatch(Callback):
                  ) -> None:
         self.settings, self.draw, self.ready = settings, draw, ready
         self.window = MaskWindow(settings.window, settings.eps)
-        self.planned: Optional[int] = None  # the steps the fit was given
+        self.planned: int | None = None  # the steps the fit was given
         self.stopped = False
 
     @property
-    def found(self) -> Optional[int]:
+    def found(self) -> int | None:
         """The step at which the ticket was declared (``None``: not yet)."""
         return self.window.found
 
@@ -84,7 +84,7 @@ class EarlyBirdWatch(Callback):
         if self.stopped:
             trainer.should_stop = True
 
-    def fields(self, steps: int) -> dict[str, Optional[int]]:
+    def fields(self, steps: int) -> dict[str, int | None]:
         """The run's :class:`~lightning_lottery.result.RunResult` fields after a fit of ``steps`` steps: the step
         the ticket was declared at and the steps not trained because of it."""
         saved = max(self.planned - steps, 0) if self.stopped and self.planned is not None else 0

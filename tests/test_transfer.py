@@ -160,8 +160,8 @@ def test_head_mask_keep_keeps_the_source_mask_and_reinitializes_the_weights(sour
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--model.init_args.num_classes", "3"], "layer 'net.fc3.weight' has shape \\[5, 100\\] in the source and "
-                                             "\\[3, 100\\] here; list its layer in lottery.transfer.reinit"),
+    (["--model.init_args.num_classes", "3"], ("layer 'net.fc3.weight' has shape \\[5, 100\\] in the source and "
+                                              "\\[3, 100\\] here; list its layer in lottery.transfer.reinit")),
     (["--model.init_args.num_classes", "3", "--lottery.transfer.reinit", "[net.fc3]",
       "--lottery.transfer.head_mask", "keep"], "head_mask: keep needs 'net.fc3.weight' to fit"),
     (["--model.init_args.num_classes", "5", "--lottery.transfer.reinit", "[net.head]"], "'net.head' matches no"),

@@ -12,7 +12,6 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -20,7 +19,7 @@ from torch import Tensor
 __all__ = ["check_classes", "select_classes"]
 
 
-def check_classes(classes: Optional[Sequence[int]], num_classes: int) -> Optional[tuple[int, ...]]:
+def check_classes(classes: Sequence[int] | None, num_classes: int) -> tuple[int, ...] | None:
     """``classes`` as a tuple, or ``None`` for all; ``ValueError`` naming ``classes`` for an empty, repeated or
     unknown class."""
     if classes is None:
@@ -36,7 +35,7 @@ def check_classes(classes: Optional[Sequence[int]], num_classes: int) -> Optiona
     return tuple(values)
 
 
-def select_classes(split: tuple[Tensor, Tensor], classes: Optional[Sequence[int]]) -> tuple[Tensor, Tensor]:
+def select_classes(split: tuple[Tensor, Tensor], classes: Sequence[int] | None) -> tuple[Tensor, Tensor]:
     """The samples of ``split`` whose label is in ``classes``, labels remapped to their position in ``classes``
     (``None``: ``split`` as it is)."""
     if classes is None:
