@@ -41,7 +41,7 @@ from lightning_lottery.rewind import RewindState, cpu_copy
 from lightning_lottery.stability import Stability
 from lightning_lottery.store import LevelInfo
 
-__all__ = ["Executor", "ResumeCheckpoint", "Trained", "ValidationHistory"]
+__all__ = ["Bookkeeping", "Executor", "ResumeCheckpoint", "Trained", "ValidationHistory"]
 
 EventHandler = Callable[[str, Run], None]
 
@@ -145,6 +145,59 @@ class ResumeCheckpoint(Callback):
             atomic_commit(tmp, self.path)
 
 
+class Bookkeeping(Callback):
+    """A run's bookkeeping callbacks (validation history, resume checkpoint, progress) behind one callback.
+
+    Lightning calls every hook of every callback at every step, overridden or not (about 0.1 ms per callback per
+    step on CPU, issue 18); behind one callback the parts pay that once. Each part is called, in the given order,
+    only for the hooks it overrides: ``on_train_batch_end`` and ``on_validation_end`` (a part overriding another
+    hook is refused). The checkpoint state is ``state``'s own, under its ``state_key``, exactly as if it were a
+    callback of the Trainer itself: checkpoints resume across both layouts.
+
+    Example:
+        >>> history = ValidationHistory()
+        >>> Bookkeeping(history, [history]).state_key == history.state_key
+        True
+    """
+
+    HOOKS = ("on_train_batch_end", "on_validation_end")
+
+    def __init__(self, state: Callback, parts: list[Callback]) -> None:
+        self.state, self.parts = state, list(parts)
+        for part in self.parts:
+            extra = [name for name in dir(Callback) if name.startswith(("on_", "setup", "teardown"))
+                     and name not in self.HOOKS and getattr(type(part), name) is not getattr(Callback, name)]
+            if extra:
+                raise ValueError(f"{type(part).__name__} overrides {extra[0]}, which Bookkeeping does not forward")
+        self._state_key = state.state_key  # once: Lightning reads it at every hook call
+        self._calls = {hook: [getattr(p, hook) for p in self.parts
+                              if getattr(type(p), hook) is not getattr(Callback, hook)] for hook in self.HOOKS}
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._state_key
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return self.state.state_dict()
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.state.load_state_dict(state_dict)
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        for call in self._calls["on_train_batch_end"]:
+            call(trainer, pl_module, outputs, batch, batch_idx)
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for call in self._calls["on_validation_end"]:
+            call(trainer, pl_module)
+
+
 @dataclass
 class Trained:
     """What a run leaves behind: its result, the rewind point of its fit, its final state when asked for, and its
@@ -193,7 +246,7 @@ class Executor:
         resume = info.directory / "checkpoints" / "last.ckpt"
         every = cfg.checkpoint_every_n_steps or (10 * cfg.val_every_n_steps if cfg.val_every_n_steps else None)
         last = ResumeCheckpoint(resume, every, cfg.val_every_n_steps)  # after `history`: it sees the validation
-        trainer = self._trainer(info, [lottery, history, last, progress], loggers, max_steps)
+        trainer = self._trainer(info, [lottery, Bookkeeping(history, [history, last, progress])], loggers, max_steps)
         self.emit("trainer_made", run)
 
         pl.seed_everything(seed, workers=True, verbose=False)
