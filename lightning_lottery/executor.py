@@ -151,8 +151,8 @@ class Bookkeeping(Callback):
     Lightning calls every hook of every callback at every step, overridden or not (about 0.1 ms per callback per
     step on CPU, issue 18); behind one callback the parts pay that once. Each part is called, in the given order,
     only for the hooks it overrides: ``on_train_batch_end`` and ``on_validation_end`` (a part overriding another
-    hook is refused). The checkpoint state is ``state``'s own, under its ``state_key``, exactly as if it were a
-    callback of the Trainer itself: checkpoints resume across both layouts.
+    hook, or a part other than ``state`` with a state, is refused). The checkpoint state is ``state``'s own, under
+    its ``state_key``, as if it were a callback of the Trainer itself: checkpoints resume across both layouts.
 
     Example:
         >>> history = ValidationHistory()
@@ -165,8 +165,9 @@ class Bookkeeping(Callback):
     def __init__(self, state: Callback, parts: list[Callback]) -> None:
         self.state, self.parts = state, list(parts)
         for part in self.parts:
-            extra = [name for name in dir(Callback) if name.startswith(("on_", "setup", "teardown"))
-                     and name not in self.HOOKS and getattr(type(part), name) is not getattr(Callback, name)]
+            extra = [name for name in dir(Callback) if (name.startswith(("on_", "setup", "teardown")) or (
+                part is not state and name == "state_dict")) and name not in self.HOOKS
+                     and getattr(type(part), name) is not getattr(Callback, name)]
             if extra:
                 raise ValueError(f"{type(part).__name__} overrides {extra[0]}, which Bookkeeping does not forward")
         self._state_key = state.state_key  # once: Lightning reads it at every hook call

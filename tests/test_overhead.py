@@ -104,3 +104,13 @@ def test_a_figure_is_laid_out_once_for_both_formats_and_stays_deterministic():
 
     first, second = render(), render()
     assert first == second and first["png"][1:4] == b"PNG" and b"a long label" in first["svg"]
+
+
+def test_bookkeeping_refuses_a_second_part_with_a_state():
+    class Stateful(Callback):
+        def state_dict(self) -> dict[str, Any]:
+            return {"lost": True}
+
+    with pytest.raises(ValueError, match="Stateful overrides state_dict"):
+        history = ValidationHistory()
+        Bookkeeping(history, [history, Stateful()])
