@@ -19,8 +19,8 @@ from torch.utils.hooks import RemovableHandle
 from lightning_lottery import _compat, distributed, pruning
 from lightning_lottery._compat import override
 from lightning_lottery.criteria import get_criterion
-from lightning_lottery.masks import (ZERO_PRESERVING_OPTIMIZERS, Mask, MaskError, check_fits, load_mask,
-                                     mask_after_every_step, ones_mask, remaining, require_prunable, zero_pruned_)
+from lightning_lottery.masks import (ZERO_PRESERVING_OPTIMIZERS, Mask, MaskError, check_fits, load_mask, mask_after_every_step,
+                                     mask_gradients_, ones_mask, remaining, require_prunable, zero_pruned_)
 from lightning_lottery.rewind import RewindState, RewindStep, cpu_copy
 from lightning_lottery.ticket import Ticket, resolve_ticket
 
@@ -191,7 +191,7 @@ class LotteryTicket(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         if not self._dense:
-            self._multiply_masks([p.grad for p in self._masked_params])
+            mask_gradients_(self._masked_params, self._masked_masks)
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -64,24 +64,32 @@ def _known_classes() -> str:
             "(short names work: --model LeNet300100, --model.help LeNet300100)")
 
 
-def build_parser() -> ArgumentParser:
-    """The ``lightning-lottery`` parser with its subcommands."""
+def build_parser(command: str | None = None) -> ArgumentParser:
+    """The ``lightning-lottery`` parser with its subcommands (``command``: that one only; a recipe parser reads
+    ``Trainer``'s signature and docstrings, a few tenths of a second each)."""
     from lightning_lottery import __version__
 
     parser = ArgumentParser(prog="lightning-lottery", description="Find lottery tickets with PyTorch Lightning.",
                             env_prefix="LIGHTNING_LOTTERY", **_STRICT)
     parser.add_argument("--version", action="version", version=f"lightning-lottery {__version__}")
     subcommands = parser.add_subcommands(required=True, dest="command")
-    subcommands.add_subcommand("find", _recipe_parser("Train, prune and rewind, level by level; rerun to resume."),
-                               help="run an iterative-magnitude-pruning experiment from a recipe")
-    subcommands.add_subcommand("report", _report_parser(), help="figures and tables of an experiment directory")
-    retrain = _recipe_parser("Train a saved ticket (a file or a W&B artifact) once more with a recipe's settings.")
-    retrain.add_argument("--ticket", type=str, required=True,
-                         help="ticket.safetensors, or a W&B artifact reference (wandb:ENTITY/PROJECT/NAME:ALIAS)")
-    subcommands.add_subcommand("retrain", retrain, help="train a ticket again")
-    subcommands.add_subcommand("recipes", ArgumentParser(description="The packaged recipes, one line each.", **_STRICT),
-                               help="list the packaged recipes (run one with find --config NAME)")
-    add_export_commands(subcommands)
+    wanted = lambda name: command is None or command == name  # noqa: E731
+    if wanted("find"):
+        subcommands.add_subcommand("find", _recipe_parser("Train, prune and rewind, level by level; rerun to resume."),
+                                   help="run an iterative-magnitude-pruning experiment from a recipe")
+    if wanted("report"):
+        subcommands.add_subcommand("report", _report_parser(), help="figures and tables of an experiment directory")
+    if wanted("retrain"):
+        retrain = _recipe_parser("Train a saved ticket (a file or a W&B artifact) once more with a recipe's settings.")
+        retrain.add_argument("--ticket", type=str, required=True,
+                             help="ticket.safetensors, or a W&B artifact reference (wandb:ENTITY/PROJECT/NAME:ALIAS)")
+        subcommands.add_subcommand("retrain", retrain, help="train a ticket again")
+    if wanted("recipes"):
+        subcommands.add_subcommand("recipes", ArgumentParser(description="The packaged recipes, one line each.",
+                                                             **_STRICT),
+                                   help="list the packaged recipes (run one with find --config NAME)")
+    if wanted("export") or wanted("benchmark"):
+        add_export_commands(subcommands)
     return parser
 
 
@@ -313,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     an interruption one line too (exit 130)."""
     argv = resolve_recipes(list(argv) if argv is not None else sys.argv[1:])
     command = next((a for a in argv if a in _COMMANDS), None)
-    parser = build_parser()
+    parser = build_parser(command if argv and argv[0] == command else None)  # only the parser the command needs
     try:
         cfg = parser.parse_args(argv)
         sub_parser = parser._subcommands_action._name_parser_map[cfg.command]  # noqa: SLF001

@@ -95,6 +95,7 @@ class _RunProgress(Callback):
     def __init__(self, progress: ExperimentProgress) -> None:
         self.progress = progress
         self.next_report = 0.25
+        self.tty: bool | None = None  # whether the stream is a terminal: asked once (an ioctl), not at every step
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
@@ -102,7 +103,9 @@ class _RunProgress(Callback):
         if p.stream is None or p.run is None or not trainer.max_steps or trainer.max_steps < 0:
             return
         fraction = trainer.global_step / trainer.max_steps
-        tty = _is_tty(p.stream)
+        if self.tty is None:
+            self.tty = _is_tty(p.stream)
+        tty = self.tty
         if not tty and fraction < self.next_report:
             return
         if tty and trainer.global_step % max(trainer.max_steps // 100, 1):

@@ -95,4 +95,8 @@ def figure_bytes(fig: Figure, formats: Sequence[str] = ("png", "svg")) -> dict[s
         (b'PNG', b'<?xml', False, True)
     """
     writers = {"png": png_bytes, "svg": svg_bytes}
-    return {fmt: writers[fmt](fig) for fmt in formats}
+    out = {}
+    for fmt in formats:
+        out[fmt] = writers[fmt](fig)
+        fig.set_layout_engine("none")  # laid out by the first format's draw: the others reuse it (issue 18)
+    return out
