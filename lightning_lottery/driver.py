@@ -12,9 +12,9 @@ earlier driver is waited for, one whose claim went stale is taken over (and resu
 Example:
     >>> from lightning_lottery.plan import Plan, Run
     >>> plan = Plan(levels=2, replicates=2, main="ticket", controls=("random_mask",))
-    >>> eta_seconds(plan, finished=set(), running=set(), per_run_s=10.0, workers=2)  # 10 runs, 2 at a time
+    >>> eta_seconds(plan, finished=set(), per_run_s=10.0, workers=2)  # 10 runs, 2 at a time
     50.0
-    >>> eta_seconds(plan, finished=set(), running=set(), per_run_s=10.0, workers=100)  # the critical path: 3 runs
+    >>> eta_seconds(plan, finished=set(), per_run_s=10.0, workers=100)  # the critical path: 3 runs
     30.0
 """
 
@@ -40,8 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["GraphProgress", "drive", "eta_seconds"]
 
 
-def eta_seconds(plan: Plan, finished: Collection[Run], running: Collection[Run], per_run_s: float,
-                workers: int | None) -> float:
+def eta_seconds(plan: Plan, finished: Collection[Run], per_run_s: float, workers: int | None) -> float:
     """Seconds left, at ``per_run_s`` a run: the larger of the critical path of what is not finished (the bound
     however many workers) and the runs left shared among ``workers`` (``None``: unlimited)."""
     left = len(plan.runs()) - len(finished)
@@ -68,7 +67,7 @@ class GraphProgress:
         waiting = self.total - len(self.finished) - len(self.running)
         per_run = sum(self.seconds) / len(self.seconds) if self.seconds else None
         eta = "—" if per_run is None else _duration(
-            eta_seconds(self.plan, self.finished, self.running, per_run, self.workers))
+            eta_seconds(self.plan, self.finished, per_run, self.workers))
         replicate = f" r{run.replicate}" if run.replicate else ""
         return (f"[lottery] {len(self.finished)}/{self.total} done · {len(self.running)} running · {waiting} waiting"
                 f" · {run.branch}{replicate} level {run.level}/{self.levels} {what} · elapsed "

@@ -24,9 +24,12 @@ SMOKE = str(ROOT / "recipes" / "lenet300_digits_smoke.yaml")
 #: the smoke recipe with controls and 2 replicates, tiny: 2 × (3 main-line runs + 2 controls × 2 levels) = 14 runs
 GRID = ["--lottery.levels", "2", "--lottery.replicates", "2", "--lottery.controls", "[random_reinit, random_mask]",
         "--trainer.max_steps", "10", "--lottery.val_every_n_steps", "5", "--quiet", "true"]
-#: a smaller graph for the engines that start a process per run: 2 × (2 + 1) = 6 runs
+#: smaller graphs (every experiment here starts processes that import torch and Lightning): 2 × (2 + 1) = 6 runs
 SMALL = ["--lottery.levels", "1", "--lottery.replicates", "2", "--lottery.controls", "[random_mask]",
          "--trainer.max_steps", "10", "--lottery.val_every_n_steps", "5", "--quiet", "true"]
+#: level 0, then level 1 of the main line and its control at once: 3 runs
+TINY = ["--lottery.levels", "1", "--lottery.controls", "[random_mask]", "--trainer.max_steps", "10",
+        "--lottery.val_every_n_steps", "5", "--quiet", "true"]
 FAST_CLAIMS = ["--launch.heartbeat_s", "0.5", "--launch.stale_after_s", "3", "--launch.poll_s", "0.2"]
 
 
@@ -59,7 +62,7 @@ def _outcome(out: Path) -> dict[str, object]:
 def sequential(tmp_path_factory) -> dict[str, dict[str, object]]:
     base = tmp_path_factory.mktemp("sequential")
     out = {}
-    for name, args in (("grid", GRID), ("small", SMALL)):
+    for name, args in (("grid", GRID), ("small", SMALL), ("tiny", TINY)):
         assert main(["find", "--config", SMOKE, *args, "--lottery.out_dir", str(base / name),
                      "--wandb.enabled", "false"]) == 0
         out[name] = _outcome(base / name)
@@ -85,8 +88,9 @@ def test_critical_path_is_the_longest_chain_of_unfinished_runs():
 def test_eta_is_bounded_by_the_critical_path_and_the_workers():
     plan = Plan(levels=2, replicates=2, main="ticket", controls=("random_mask", "random_reinit"))
     assert len(plan.runs()) == 14
-    assert eta_seconds(plan, set(), set(), 2.0, workers=1) == 28.0
-    assert eta_seconds(plan, set(), set(), 2.0, workers=None) == 6.0  # 3 levels of the main line
+    assert eta_seconds(plan, set(), 2.0, workers=1) == 28.0
+    assert eta_seconds(plan, set(), 2.0, workers=None) == 6.0  # 3 levels of the main line
+    assert eta_seconds(plan, set(plan.runs()[:7]), 2.0, workers=4) == 6.0  # replicate 1 is left: its critical path
 
 
 def test_launch_settings_are_checked():
@@ -136,42 +140,40 @@ def test_claims_refuse_a_live_holder_and_take_over_a_stale_one(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- whole experiments
-def test_two_local_workers_give_the_sequential_results_and_wandb_runs_per_run(sequential, tmp_path):
+def test_two_local_workers_give_the_sequential_results(sequential, tmp_path):
     out = tmp_path / "local"
-    proc = _find(out, GRID, "--launcher", "local", "--workers", "2", "--wandb.enabled", "true")
+    proc = _find(out, GRID, "--launcher", "local", "--workers", "2", "--wandb.enabled", "false", quiet=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _outcome(out) == sequential["grid"]
     assert not list(out.rglob(CLAIM_FILE)) and not list(out.rglob(".*.tmp-*"))
-    records = [read_offline_run(p) for p in sorted((out / "wandb").glob("offline-run-*"))]
-    summary = [r for r in records if r.job_type == "summary"]
-    per_run = [r for r in records if r.job_type != "summary"]
-    assert len(summary) == 1 and len(per_run) == 14 and len({r.run_id for r in per_run}) == 14
+    assert "[lottery] 14/14 done · 0 running · 0 waiting" in proc.stderr
 
 
 def test_a_killed_driver_rerun_resubmits_only_what_is_not_finished(sequential, tmp_path):
     out = tmp_path / "killed"
     out.mkdir()
     kill = {"LOTTERY_TEST_KILL_GROUP": "replicate_1/ticket/level_01:6"}
-    proc = _find(out, GRID, "--launcher", "local", "--workers", "2", "--wandb.enabled", "false",
+    proc = _find(out, SMALL, "--launcher", "local", "--workers", "2", "--wandb.enabled", "false",
                  "--trainer.callbacks+=driver_kill.KillGroup", env=kill)
     assert proc.returncode == -9, proc.stderr[-3000:]
     done_before = {p.parent for p in out.glob("replicate_*/*/level_*/metrics.json")}
-    assert 0 < len(done_before) < 14
-    proc = _find(out, GRID, "--launcher", "local", "--workers", "2", "--wandb.enabled", "false", quiet=False)
+    assert 0 < len(done_before) < 6
+    proc = _find(out, SMALL, "--launcher", "local", "--workers", "2", "--wandb.enabled", "false", quiet=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("already done, skipped") == len(done_before)
-    assert _outcome(out) == sequential["grid"]
+    assert "took over ticket level 1 (replicate 1)" in proc.stderr  # the claim of the dead worker
+    assert _outcome(out) == sequential["small"]
     assert not list(out.rglob(CLAIM_FILE))
 
 
 def test_a_live_claim_is_waited_for_and_a_stale_one_taken_over(sequential, tmp_path):
-    """A worker on another node holds replicate 1's first run: the driver waits while its heartbeat goes on, and
-    takes the run over once the heartbeat stops."""
+    """A worker on another node holds the first run: the driver waits while its heartbeat goes on, and takes the
+    run over once the heartbeat stops. W&B offline: one run per run, logged from the workers, and the summary."""
     import json
     import threading
 
     out = tmp_path / "claimed"
-    claim = out / "replicate_1" / "ticket" / "level_00" / CLAIM_FILE
+    claim = out / "replicate_0" / "ticket" / "level_00" / CLAIM_FILE
     claim.parent.mkdir(parents=True)
     stop = threading.Event()
 
@@ -183,8 +185,8 @@ def test_a_live_claim_is_waited_for_and_a_stale_one_taken_over(sequential, tmp_p
     claim.write_text(json.dumps({"host": "node-elsewhere", "pid": 4242, "heartbeat": time.time(), "since": "earlier"}))
     beating = threading.Thread(target=heartbeat, daemon=True)
     beating.start()
-    command = [sys.executable, "-m", "lightning_lottery.cli", "find", "--config", SMOKE, *SMALL, "--lottery.out_dir",
-               str(out), "--launcher", "local", "--workers", "2", "--wandb.enabled", "false", *FAST_CLAIMS,
+    command = [sys.executable, "-m", "lightning_lottery.cli", "find", "--config", SMOKE, *TINY, "--lottery.out_dir",
+               str(out), "--launcher", "local", "--workers", "2", "--wandb.enabled", "true", *FAST_CLAIMS,
                "--quiet", "false"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
     proc = subprocess.Popen(command, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
@@ -193,29 +195,31 @@ def test_a_live_claim_is_waited_for_and_a_stale_one_taken_over(sequential, tmp_p
     for line in proc.stderr:
         lines.append(line)
         if "is being trained by pid 4242 on node-elsewhere" in line:
-            assert "ticket level 0 (replicate 1)" in line
-            assert not (out / "replicate_1" / "ticket" / "level_00" / "metrics.json").exists()
+            assert "ticket level 0 (replicate 0)" in line
+            assert not (out / "replicate_0" / "ticket" / "level_00" / "metrics.json").exists()
             stop.set()  # the other worker dies: no more heartbeats
     stop.set()
     assert proc.wait(timeout=600) == 0, "".join(lines)[-3000:]
     text = "".join(lines)
-    assert "took over ticket level 0 (replicate 1) from pid 4242 on node-elsewhere" in text
-    assert _outcome(out) == sequential["small"]
+    assert "took over ticket level 0 (replicate 0) from pid 4242 on node-elsewhere" in text
+    assert _outcome(out) == sequential["tiny"]
+    records = [read_offline_run(p) for p in sorted((out / "wandb").glob("offline-run-*"))]
+    assert sorted(r.job_type for r in records) == ["random_mask", "summary", "ticket", "ticket"]
+    assert len({r.run_id for r in records}) == 4
 
 
 def test_submitit_local_executor_gives_the_sequential_results(sequential, tmp_path):
     pytest.importorskip("submitit", reason="the slurm extra (pip install 'lightning-lottery[slurm]') is not installed")
     out = tmp_path / "submitit"
-    proc = _find(out, SMALL, "--launcher", "slurm", "--launch.slurm.cluster", "local", "--workers", "2",
-                 "--wandb.enabled", "false")
+    proc = _find(out, TINY, "--launcher", "slurm", "--launch.slurm.cluster", "local", "--wandb.enabled", "false")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert _outcome(out) == sequential["small"]
+    assert _outcome(out) == sequential["tiny"]
     assert list((out / "submitit").glob("*/*_result.pkl"))  # the runs went through submitit's jobs
 
 
 def test_ray_local_instance_gives_the_sequential_results(sequential, tmp_path):
     pytest.importorskip("ray", reason="the ray extra (pip install 'lightning-lottery[ray]') is not installed")
     out = tmp_path / "ray"
-    proc = _find(out, SMALL, "--launcher", "ray", "--launch.ray.local_cpus", "2", "--wandb.enabled", "false")
+    proc = _find(out, TINY, "--launcher", "ray", "--launch.ray.local_cpus", "2", "--wandb.enabled", "false")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert _outcome(out) == sequential["small"]
+    assert _outcome(out) == sequential["tiny"]
