@@ -136,6 +136,7 @@ class _Walk:
         self.stream = scheduler.stream
         self.progress = GraphProgress(self.plan, scheduler.config.levels, settings.max_in_flight(), self.stream)
         self.inflight: dict[Run, Any] = {}
+        self.claim_at_submit: dict[Run, dict[str, Any] | None] = {}  # to tell our worker's claim from an old one
         self.elsewhere: set[Run] = set()  # claimed by a live worker this driver did not start
         self.trained_any = False
 
@@ -166,6 +167,8 @@ class _Walk:
                      if not self._claimed_elsewhere(r)]
             room = len(ready) if cap is None else max(cap - len(self.inflight), 0)
             wave = ready[:room]
+            for run in wave:
+                self.claim_at_submit[run] = read_claim(self.store.run_dir(run) / CLAIM_FILE)
             for run, handle in zip(wave, pool.submit(wave) if wave else []):
                 self.inflight[run] = handle
                 self.progress.submitted(run)
@@ -178,7 +181,18 @@ class _Walk:
                     self._record(pool.result(handle))
                     collected = True
             if not collected:
+                self._check_alive()
                 time.sleep(self.settings.poll_s)
+
+    def _check_alive(self) -> None:
+        """A worker that died hard (killed, out of memory) while training one of our runs: its claim, made after
+        we submitted the run, went stale without a result — stop, rather than wait for it forever."""
+        for run in self.inflight:
+            record = read_claim(self.store.run_dir(run) / CLAIM_FILE)
+            if record is not None and record != self.claim_at_submit.get(run) \
+                    and is_stale(record, self.settings.stale_after_s) and not self.store.is_done(run):
+                raise RuntimeError(f"the worker training {run} ({describe(record)}) died without a result; rerun "
+                                   "the same command to resume (the run is taken over from its checkpoint)")
 
     def _claimed_elsewhere(self, run: Run) -> bool:
         if run in self.elsewhere:

@@ -166,6 +166,19 @@ def test_a_killed_driver_rerun_resubmits_only_what_is_not_finished(sequential, t
     assert not list(out.rglob(CLAIM_FILE))
 
 
+def test_a_worker_killed_alone_stops_the_driver_and_the_rerun_takes_its_run_over(sequential, tmp_path):
+    out = tmp_path / "worker-killed"
+    out.mkdir()
+    proc = _find(out, TINY, "--launcher", "local", "--workers", "2", "--wandb.enabled", "false",
+                 "--trainer.callbacks+=kill_switch.KillSwitch", env={"LOTTERY_TEST_KILL": "level_00:on_train_batch_end:6"})
+    assert proc.returncode != 0 and "died without a result" in proc.stderr, proc.stderr[-3000:]
+    assert (out / "replicate_0" / "ticket" / "level_00" / CLAIM_FILE).is_file()  # left by the dead worker
+    proc = _find(out, TINY, "--launcher", "local", "--workers", "2", "--wandb.enabled", "false", quiet=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "took over ticket level 0 (replicate 0)" in proc.stderr
+    assert _outcome(out) == sequential["tiny"]
+
+
 def test_a_live_claim_is_waited_for_and_a_stale_one_taken_over(sequential, tmp_path):
     """A worker on another node holds the first run: the driver waits while its heartbeat goes on, and takes the
     run over once the heartbeat stops. W&B offline: one run per run, logged from the workers, and the summary."""
