@@ -37,6 +37,7 @@ from lightning_lottery.export.commands import add_export_commands, run_benchmark
 from lightning_lottery.identity import cli_identity
 from lightning_lottery.masks import MaskError
 from lightning_lottery.optimizers import OPTIMIZER_BASES, SCHEDULER_BASES, use_recipe_optimizer
+from lightning_lottery.pool_settings import LaunchSettings
 from lightning_lottery.preflight import PreflightError
 from lightning_lottery.pruning import PruningError
 from lightning_lottery.recipe_files import recipe_listing, resolve_recipes
@@ -114,6 +115,12 @@ def _recipe_parser(description: str) -> ArgumentParser:
                                   help="any torch.optim LR scheduler of --optimizer, e.g. --lr_scheduler StepLR")
     parser.add_class_arguments(LotteryConfig, "lottery", instantiate=False)
     parser.add_class_arguments(WandbSettings, "wandb", instantiate=False)
+    parser.add_class_arguments(LaunchSettings, "launch", instantiate=False)
+    parser.add_argument("--launcher", type=Optional[str], default=None,
+                        help="train runs at once: local (worker processes), slurm (submitit) or ray; "
+                             "short for --launch.launcher")
+    parser.add_argument("--workers", type=Optional[PositiveInt], default=None,
+                        help="runs at once (local: worker processes); short for --launch.workers")
     parser.add_argument("--quiet", type=bool, default=False, help="no progress lines or final table")
     parser.add_argument("--torch_num_threads", type=Optional[PositiveInt], default=None,
                         help="CPU threads for torch (1 is fastest for small models on few cores); default: torch's")
@@ -176,6 +183,7 @@ def run_find(parser: ArgumentParser, cfg: Namespace) -> int:
         experiment_config=recipe,
         identity=cli_identity(recipe),
         stream=None if cfg.quiet else sys.stderr,
+        launcher=_launch_settings(cfg),
     )
     if cfg.dry_run:
         print(scheduler.preflight().describe())
@@ -185,6 +193,19 @@ def run_find(parser: ArgumentParser, cfg: Namespace) -> int:
     if distributed.is_main():
         print(f"results: {scheduler.store.root / 'results.csv'}", file=sys.stderr)
     return 0
+
+
+def _launch_settings(cfg: Namespace) -> LaunchSettings:
+    """The ``launch:`` section, ``--launcher`` and ``--workers`` overriding it."""
+    section = cfg.launch.as_dict() if cfg.get("launch") is not None else {}
+    if cfg.get("launcher") is not None:
+        section["launcher"] = cfg.launcher
+    if cfg.get("workers") is not None:
+        section["workers"] = cfg.workers
+    try:
+        return LaunchSettings(**section)
+    except (TypeError, ValueError) as err:
+        raise _RecipeError(str(err)) from None
 
 
 def run_retrain(parser: ArgumentParser, cfg: Namespace) -> int:

@@ -29,7 +29,8 @@ __all__ = ["IGNORED", "class_defaults", "cli_identity", "experiment_identity", "
 IGNORED = {
     "trainer": ("enable_progress_bar", "enable_model_summary", "logger", "callbacks", "enable_checkpointing",
                 "default_root_dir"),
-    "recipe": ("config", "quiet", "torch_num_threads", "wandb", "ticket", "dry_run", "resume"),
+    "recipe": ("config", "quiet", "torch_num_threads", "wandb", "ticket", "dry_run", "resume",
+               "launch", "launcher", "workers"),
 }
 
 

@@ -18,11 +18,13 @@ Example:
     ['ticket level 1 (replicate 0)', 'random_mask level 1 (replicate 0)']
     >>> [str(r) for r in plan.dependents(Run(0, "ticket", 1))]
     ['ticket level 2 (replicate 0)', 'random_mask level 2 (replicate 0)']
+    >>> [str(r) for r in plan.critical_path({Run(0, "ticket", 0)})]
+    ['ticket level 1 (replicate 0)', 'ticket level 2 (replicate 0)']
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 
 __all__ = ["STABILITY", "Plan", "Run", "Seeds"]
@@ -106,6 +108,20 @@ class Plan:
         """The runs that are neither finished nor running and whose needs are all finished, in execution order."""
         return [r for r in self.runs() if r not in finished and r not in running
                 and all(n in finished for n in self.needs(r))]
+
+    def critical_path(self, finished: Collection[Run] = (),
+                      cost: Callable[[Run], float] | None = None) -> list[Run]:
+        """The longest chain of runs not yet finished, each starting from the previous one's outputs, by the sum of
+        ``cost`` (default: 1 per run): the time the rest of the experiment takes however many workers run it.
+        Ties go to the chain that comes first in execution order."""
+        weight = cost or (lambda run: 1.0)
+        best: dict[Run, tuple[float, list[Run]]] = {}
+        for r in self.runs():  # execution order puts every run after the runs it needs
+            if r in finished:
+                continue
+            before = max((best[n] for n in self.needs(r) if n in best), key=lambda t: t[0], default=(0.0, []))
+            best[r] = (before[0] + weight(r), [*before[1], r])
+        return max(best.values(), key=lambda t: t[0], default=(0.0, []))[1]
 
     def is_main_line(self, run: Run) -> bool:
         return run.branch == self.main

@@ -26,6 +26,7 @@ from lightning_lottery.flops import costs_on_first_batch
 from lightning_lottery.identity import experiment_identity
 from lightning_lottery.masks import Mask, ones_mask, prunable_parameters, remaining
 from lightning_lottery.plan import STABILITY, Plan, Run, Seeds
+from lightning_lottery.pool_settings import LaunchSettings
 from lightning_lottery.preflight import Preflight, PreflightError, check_initialized, preflight
 from lightning_lottery.pruning import PruningError
 from lightning_lottery.progress import ExperimentProgress, format_table, lightning_banners_off
@@ -68,6 +69,9 @@ class PruningScheduler:
             identifies the experiment (default: the settings of the objects given that differ from defaults).
         stream: where the progress lines and the final table go (``None``: quiet).
         on_event: called with ``(event, run)`` at each phase of a run (see :mod:`lightning_lottery.executor`).
+        launcher: where the runs train (:class:`~lightning_lottery.pool_settings.LaunchSettings`): ``None``, one
+            after another in this process; else local worker processes, SLURM jobs or Ray tasks, each run as soon
+            as its inputs are finished (:mod:`lightning_lottery.driver`), with the same results.
 
     Example:
         >>> import tempfile
@@ -87,7 +91,7 @@ class PruningScheduler:
                  logger: LoggerFactory | bool | None = None, wandb: WandbSettings | None = None,
                  experiment_config: Mapping[str, Any] | None = None, identity: Mapping[str, Any] | None = None,
                  stream: TextIO | None = sys.stderr, on_event: EventHandler | None = None,
-                 **overrides: Any) -> None:
+                 launcher: LaunchSettings | None = None, **overrides: Any) -> None:
         check_initialized(model)
         config = config or LotteryConfig()
         self.config = LotteryConfig(**{**config.to_dict(), **overrides}) if overrides else config
@@ -118,6 +122,7 @@ class PruningScheduler:
         self.executor = Executor(model, datamodule, cfg, self.trainer_kwargs, on_event)
         self._theta0 = cpu_copy(model.state_dict())
         self._tracker: WandbTracker | None = None
+        self.launcher = launcher
 
     def __getstate__(self) -> dict[str, Any]:  # ddp_spawn pickles the scheduler for its workers
         state = self.__dict__.copy()
@@ -156,6 +161,10 @@ class PruningScheduler:
         """Run (or finish) every run of the experiment; returns the results rows."""
         with lightning_banners_off():
             self.preflight()
+            if self.launcher is not None and self.launcher.parallel:
+                from lightning_lottery.driver import drive
+
+                return drive(self)
             return launch.launch(self)
 
     # ---------------------------------------------------------------------------------- the walk (every rank)
@@ -171,13 +180,18 @@ class PruningScheduler:
             if main:
                 self.store.unlock()
 
-    def _walk(self, main: bool) -> list[dict[str, Any]]:
+    def _open_experiment(self, main: bool) -> None:
+        """Bind the directory, verify and clean it, measure the costs, start W&B (the sequential walk and the
+        driver of parallel runs both start here)."""
         self.experiment_id = distributed.on_main(
             lambda: self.store.bind(self.identity, self.config.name, self.experiment_config, self.plan.runs()))
         distributed.on_main(lambda: self._prepare_directory())
         distributed.on_main(self._write_costs)
         if self.wandb is not None and main:
             self._start_tracking()
+
+    def _walk(self, main: bool) -> list[dict[str, Any]]:
+        self._open_experiment(main)
         runs = self.plan.runs()
         progress = ExperimentProgress(len(runs), self.config.levels, self.stream)
         trained_any = False
