@@ -56,6 +56,11 @@ class Select(nn.Module):
         return f"dim={self.dim}, size={self.size}"
 
 
+#: CSR index dtype: int32, MKL's LP64 index type. torch hands int64 indices to MKL as an int32 copy made at every
+#: call, which cost fc1 of the default ticket more than half its sparse time (docs/performance.md, "Export").
+_INDEX = torch.int32
+
+
 class SparseLinear(nn.Module):
     """A Linear layer whose weight is a ``torch.sparse_csr`` matrix: ``y = x Wᵀ + b`` as ``addmm(b, W, xᵀ)ᵀ``.
 
@@ -76,8 +81,8 @@ class SparseLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.feature_major = bool(feature_major)  # inputs [features, batch] (see ToFeatureMajor), outputs too
-        self.register_buffer("crow_indices", torch.zeros(self.out_features + 1, dtype=torch.long))
-        self.register_buffer("col_indices", torch.zeros(int(nnz), dtype=torch.long))
+        self.register_buffer("crow_indices", torch.zeros(self.out_features + 1, dtype=_INDEX))
+        self.register_buffer("col_indices", torch.zeros(int(nnz), dtype=_INDEX))
         self.register_buffer("values", torch.zeros(int(nnz)))
         self.bias = nn.Parameter(torch.zeros(self.out_features)) if bias else None
         self._csr: Tensor | None = None
@@ -90,8 +95,9 @@ class SparseLinear(nn.Module):
             csr = linear.weight.detach().to_sparse_csr()
         out = cls(linear.in_features, linear.out_features, linear.bias is not None, int(csr.values().numel()),
                   feature_major)
-        out.crow_indices.copy_(csr.crow_indices())
-        out.col_indices.copy_(csr.col_indices())
+        index = _INDEX if csr.values().numel() < 2 ** 31 else torch.long
+        out.crow_indices = csr.crow_indices().to(index)
+        out.col_indices = csr.col_indices().to(index)
         out.values = csr.values().clone().to(linear.weight.dtype)
         if linear.bias is not None:
             assert out.bias is not None
@@ -103,7 +109,7 @@ class SparseLinear(nn.Module):
         return int(self.values.numel())
 
     def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
-        for key in ("col_indices", "values"):  # their length is the number of nonzeros: take the stored one
+        for key in ("crow_indices", "col_indices", "values"):  # the stored length (nnz) and index dtype
             if prefix + key in state_dict:
                 setattr(self, key, torch.empty_like(state_dict[prefix + key]))
         self._csr = None
