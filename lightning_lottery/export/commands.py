@@ -1,6 +1,6 @@
 """``lightning-lottery export`` and ``lightning-lottery benchmark``: parsers, sources and runners.
 
-    lightning-lottery export TICKET_OR_RUN_DIR --format compact|sparse [--output DIR] [--state PATH]
+    lightning-lottery export TICKET_OR_RUN_DIR --format compact|sparse|2:4 [--output DIR] [--state PATH]
     lightning-lottery benchmark EXPORT_DIR [--batch_sizes [1,256]] [--threads [1,0]]
 
 Which weights are exported: a ticket file holds θk ⊙ m, the weights training *starts* from, so exporting a ticket
@@ -27,6 +27,7 @@ from lightning_lottery.export.chain import default_input_shape, masked_copy, mod
 from lightning_lottery.export.compact import compact
 from lightning_lottery.export.io import INFO_FILE, load_export, read_export_info, save_export
 from lightning_lottery.export.layers import UnsupportedModelError
+from lightning_lottery.export.semistructured import project_model, require_cuda_2_4, to_semi_structured
 from lightning_lottery.export.sparse import sparsify
 from lightning_lottery.masks import MaskError, read_safetensors
 from lightning_lottery.ticket import Ticket
@@ -41,7 +42,8 @@ def add_export_commands(subcommands: Any) -> None:
     export = ArgumentParser(description="Export a ticket as a smaller dense model (compact) or with CSR Linear layers "
                                         "where they measure faster (sparse).", **_STRICT)
     export.add_argument("source", type=str, help="ticket.safetensors or a run directory (holding one)")
-    export.add_argument("--format", type=str, default="compact", choices=["compact", "sparse"])
+    export.add_argument("--format", type=str, default="compact", choices=["compact", "sparse", "2:4"],
+                        help="2:4: the mask projected to 2:4, Linear weights semi-structured (needs CUDA >= 8.0)")
     export.add_argument("--output", type=Optional[str], default=None, help="default: SOURCE_DIR/export_FORMAT")
     export.add_argument("--state", type=Optional[str], default=None,
                         help="trained weights to export under the ticket's mask: .pt with a 'model' key, or "
@@ -126,6 +128,11 @@ def export_model(model: nn.Module, mask: Mapping[str, Tensor], fmt: str, input_s
     if shape is None:
         raise UnsupportedModelError(f"pass --input_shape: one input's shape for {type(model).__name__} is unknown")
     report: dict[str, Any] = {"format": fmt}
+    if fmt == "2:4":  # the GPU first: one clear error before any work
+        require_cuda_2_4()
+        projected, _, report["projection"] = project_model(model, mask)
+        _, report["semi_structured"] = to_semi_structured(plain_network(projected))
+        return plain_network(projected), report, shape
     try:
         model_chain(model)
         chain = True
@@ -168,6 +175,13 @@ def describe_report(report: Mapping[str, Any]) -> str:
         for r in comp["layers"]:
             lines.append(f"  {r['layer']}: {r['units_kept']}/{r['units']} units kept ({r['fan_out_pruned']} with "
                          f"all fan-out pruned, {r['fan_in_pruned_folded']} constant, folded into the next bias)")
+    proj = report.get("projection")
+    if proj:
+        lines.append(f"2:4 projection: alive weights {proj['alive_before']:,} -> {proj['alive_after']:,}"
+                     + (" (the mask was 2:4 already)" if proj["mask_was_2_4"] else " (the mask was not 2:4: outputs "
+                        "differ from the ticket's; search with lottery.mask_type: 2:4)"))
+    for r in report.get("semi_structured") or []:
+        lines.append(f"  {r['layer']}: {r['choice']}" + (f" ({r['why']})" if r["why"] else ""))
     for r in (report.get("sparse") or {}).get("layers", []):
         timing = f", sparse/dense time {r['ratio']:.2f}" if r.get("ratio") is not None else ""
         lines.append(f"  {r['layer']}: density {r['density']:.3f} -> {r['choice']}{timing}")
@@ -178,6 +192,9 @@ def run_benchmark(parser: ArgumentParser, cfg: Namespace) -> int:
     from lightning_lottery.export.bench import machine, measure, table
 
     info = read_export_info(cfg.exported)
+    if info["report"]["format"] == "2:4":
+        raise UnsupportedModelError("benchmark times CPU variants; a 2:4 export runs on a GPU: load it with "
+                                    "load_export and lightning_lottery.export.semistructured.to_semi_structured")
     exported = load_export(cfg.exported)
     source = info.get("source") or {}
     model, mask, _ = load_source(source["ticket"], source.get("state"), source.get("experiment"))
