@@ -223,3 +223,33 @@ def test_lightning_lottery_cli_has_export_and_benchmark(capsys):
     with pytest.raises(SystemExit) as err:
         main(["export", "no/such/ticket.safetensors"])
     assert err.value.code == 2 and "no ticket" in capsys.readouterr().err
+
+
+def test_retrain_save_trained_then_export_the_trained_weights(tmp_path, capsys):
+    from pathlib import Path
+
+    from lightning_lottery.cli import main
+
+    smoke = str(Path(__file__).resolve().parents[1] / "recipes" / "lenet300_digits_smoke.yaml")
+    out = tmp_path / "exp"
+    assert main(["find", "--config", smoke, "--lottery.out_dir", str(out), "--lottery.levels", "1",
+                 "--trainer.max_steps", "10", "--lottery.val_every_n_steps", "10", "--quiet", "true"]) == 0
+    ticket_file = out / "replicate_0" / "ticket" / "level_01" / "ticket.safetensors"
+    with pytest.raises(SystemExit):  # a wrong path is one error before anything is trained
+        main(["retrain", "--config", smoke, "--ticket", str(ticket_file), "--save_trained", str(tmp_path / "t.pt")])
+    assert "--save_trained must name a .safetensors file" in capsys.readouterr().err
+    trained = tmp_path / "trained.safetensors"
+    assert main(["retrain", "--config", smoke, "--ticket", str(ticket_file), "--trainer.max_steps", "5",
+                 "--quiet", "true", "--wandb.enabled", "false", "--save_trained", str(trained)]) == 0
+    saved, start = Ticket.load(trained), Ticket.load(ticket_file)
+    assert saved.metadata["trained"] == "true" and any(k.startswith("metric/") for k in saved.metadata)
+    assert all(saved.mask[n].equal(start.mask[n]) for n in start.mask)  # the ticket's mask, new weights
+    assert any(not saved.state[n].equal(start.state[n]) for n in start.mask)
+    assert all(bool((saved.state[n][~saved.mask[n]] == 0).all()) for n in saved.mask)
+    capsys.readouterr()
+    assert main(["export", str(trained), "--experiment", str(out), "--format", "compact", "--onnx", "false"]) == 0
+    assert f"trained weights of {trained}" in capsys.readouterr().out
+    from lightning_lottery.export.commands import load_source
+
+    model, mask, _ = load_source(trained, experiment=out)
+    assert_same(model, mask, load_export(tmp_path / "export_compact"), (64,))

@@ -273,3 +273,29 @@ def test_2_4_export_runs_semi_structured_on_a_gpu():
     ref = projected.to("cuda", torch.float16)(x.to("cuda", torch.float16))
     with torch.no_grad():
         assert (fast(x.to("cuda", torch.float16)) - ref).abs().max().item() <= 1e-2  # float16 kernels
+
+
+def test_callback_prune_structure_units_and_2_4():
+    from conftest import TinyData, TinyMLP, make_trainer
+
+    from lightning_lottery import LotteryTicket
+    from lightning_lottery.export import compact
+    from lightning_lottery.export.chain import masked_copy
+    from lightning_lottery.structured import is_2_4
+
+    model, data = TinyMLP(), TinyData()
+    lottery = LotteryTicket(rewind_to="0it")
+    make_trainer([lottery], max_steps=3).fit(model, data)
+    mask = lottery.prune(model, rate=0.25, structure="units", unit_norm="l2")
+    assert is_unit_structured(mask)  # 16 → 12 units in both hidden layers; the 3 outputs all kept
+    assert unit_counts(mask) == {"net.0.weight": (12, 16), "net.2.weight": (12, 16), "net.4.weight": (3, 3)}
+    make_trainer([lottery], max_steps=3).fit(model, data)  # rewound, trained under the structured mask
+    assert all(bool((p.detach()[~mask[n]] == 0).all()) for n, p in model.named_parameters() if n in mask)
+    net_mask = {n[len("net."):]: m for n, m in mask.items()}  # TinyMLP is the user's own module: compact its net
+    small, report = compact(model.net, net_mask, (8,))
+    assert [r["units_kept"] for r in report["layers"]] == [12, 12, 3]
+    x = torch.randn(4, 8)
+    assert (small(x) - masked_copy(model.net, net_mask)(x)).abs().max().item() <= 1e-5
+    assert is_2_4(lottery.prune(model, rate=0.2, mask_type="2:4"))
+    with pytest.raises(pruning.PruningError, match="structure"):
+        lottery.prune(model, rate=0.2, structure="rows")

@@ -111,6 +111,8 @@ def load_source(source: str | os.PathLike, state: str | os.PathLike | None = Non
     ticket = Ticket.load(ticket_file)
     model = build_model(Path(experiment) / "experiment.json" if experiment else _find_experiment(ticket_file.parent))
     weights, which = ticket.state, f"starting weights θk ⊙ m of {ticket_file} (untrained)"
+    if ticket.metadata.get("trained") == "true":  # written by lightning-lottery retrain --save_trained
+        which = f"trained weights of {ticket_file}"
     trained = Path(state) if state else (path / "final_state.pt" if path.is_dir() else None)
     if trained is not None and (state or trained.is_file()):
         weights, which = _read_state(trained), f"trained weights of {trained}"

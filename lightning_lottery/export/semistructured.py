@@ -35,7 +35,8 @@ __all__ = ["cuda_2_4_available", "project_model", "require_cuda_2_4", "to_semi_s
 
 
 def cuda_2_4_available() -> tuple[bool, str]:
-    """``(available, why not)``: a CUDA device of compute capability ≥ 8.0 and ``torch.sparse.to_sparse_semi_structured``."""
+    """``(available, why not)``: a CUDA device of compute capability ≥ 8.0 and
+    ``torch.sparse.to_sparse_semi_structured``."""
     if not hasattr(torch.sparse, "to_sparse_semi_structured"):
         return False, f"torch {torch.__version__} has no torch.sparse.to_sparse_semi_structured"
     if not torch.cuda.is_available():
