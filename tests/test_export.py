@@ -253,3 +253,51 @@ def test_retrain_save_trained_then_export_the_trained_weights(tmp_path, capsys):
 
     model, mask, _ = load_source(trained, experiment=out)
     assert_same(model, mask, load_export(tmp_path / "export_compact"), (64,))
+
+
+def test_benchmark_experiment_records_measurements_for_the_report_and_wandb(tmp_path, capsys):
+    from pathlib import Path
+
+    from lightning_lottery import measured
+    from lightning_lottery.cli import main
+    from lightning_lottery.store import ExperimentStore
+    from lightning_lottery.tracking import WandbSettings, WandbTracker, read_offline_run
+
+    smoke = str(Path(__file__).resolve().parents[1] / "recipes" / "lenet300_digits_smoke.yaml")
+    out = tmp_path / "exp"
+    assert main(["find", "--config", smoke, "--lottery.out_dir", str(out), "--lottery.levels", "2",
+                 "--trainer.max_steps", "10", "--lottery.val_every_n_steps", "10", "--quiet", "true"]) == 0
+    assert "measured speedup" not in (out / "report" / "summary.csv").read_text().replace("_", " ")
+    capsys.readouterr()
+    assert main(["benchmark", str(out), "--batch_sizes", "[4]", "--threads", "[1]", "--rounds", "2"]) == 0
+    assert "recorded in" in capsys.readouterr().out
+    entries = measured.read(out)
+    assert [(e["branch"], e["level"], e["format"]) for e in entries] == [("ticket", 1, "sparse"), ("ticket", 2, "sparse")]
+    assert {r["variant"] for r in entries[0]["rows"]} == {"dense", "masked", "sparse"} and entries[0]["machine"]["torch"]
+    # the report's table: measured next to theoretical
+    assert main(["report", str(out)]) == 0
+    csv_text = (out / "report" / "summary.csv").read_text()
+    header = csv_text.splitlines()[0].split(",")
+    assert header.index("measured_speedup") == header.index("speedup") + 1
+    html = (out / "report" / "report.html").read_text()
+    assert "theoretical speedup</th><th data-key=\"measured_speedup\">measured speedup</th>" in html
+    ticket_rows = [line for line in csv_text.splitlines()[1:] if line.startswith("ticket,1,") or
+                   line.startswith("ticket,2,")]
+    assert len(ticket_rows) == 2 and all(line.split(",")[header.index("measured_speedup")] for line in ticket_rows)
+    # benchmarking an export of a run records it too (replacing that run's entry of the same format)
+    capsys.readouterr()
+    level1 = out / "replicate_0" / "ticket" / "level_01"
+    assert main(["export", str(level1), "--format", "compact", "--onnx", "false"]) == 0
+    assert main(["benchmark", str(level1 / "export_compact"), "--batch_sizes", "[4]", "--threads", "[1]",
+                 "--rounds", "2"]) == 0
+    assert len(measured.read(out)) == 3
+    # the W&B summary run gets the measurements as a table
+    store = ExperimentStore(out)
+    settings = WandbSettings(project="lottery-tests", mode="offline", dir=str(tmp_path / "wb"))
+    WandbTracker(settings, "exp", "h", {}, out, store).finish_experiment(store.results())
+    (run_dir,) = sorted((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    run = read_offline_run(run_dir)
+    logged = {k: v for row in [run.summary, *run.history] for k, v in row.items()}
+    columns, data = measured.measurement_rows(measured.read(out))
+    assert run.job_type == "summary" and logged["measured_speedup/_type"] == "table-file"
+    assert logged["measured_speedup/nrows"] == len(data) == 9

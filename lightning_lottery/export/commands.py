@@ -1,7 +1,12 @@
 """``lightning-lottery export`` and ``lightning-lottery benchmark``: parsers, sources and runners.
 
     lightning-lottery export TICKET_OR_RUN_DIR --format compact|sparse|2:4 [--output DIR] [--state PATH]
-    lightning-lottery benchmark EXPORT_DIR [--batch_sizes [1,256]] [--threads [1,0]]
+    lightning-lottery benchmark EXPORT_DIR_OR_EXPERIMENT_DIR [--batch_sizes [1,256]] [--threads [1,0]]
+
+``benchmark`` records its measurements in the experiment the ticket belongs to (``measurements.json``,
+:mod:`lightning_lottery.measured`); the report shows them as "measured speedup". Given an experiment directory it
+exports and measures every finished level of the main line (``--replicate``, ``--format``: ``auto`` is compact for
+``structure: units`` and sparse otherwise, the sparse layers chosen at each batch size and thread count).
 
 Which weights are exported: a ticket file holds θk ⊙ m, the weights training *starts* from, so exporting a ticket
 gives the untrained small network. A run directory exports its ``final_state.pt`` (the trained weights, under the
@@ -61,11 +66,17 @@ def add_export_commands(subcommands: Any) -> None:
     bench = ArgumentParser(description="Latency and throughput of an exported model against the dense and masked "
                                        "networks it came from (medians of alternating rounds; load recorded).",
                            **_STRICT)
-    bench.add_argument("exported", type=str, help="a directory written by lightning-lottery export")
+    bench.add_argument("exported", type=str, help="a directory written by lightning-lottery export, or an "
+                                                  "experiment directory (every level of its main line)")
     bench.add_argument("--batch_sizes", type=list[int], default=[1, 256])
     bench.add_argument("--threads", type=list[int], default=[1, 0], help="torch threads (0: all cores)")
     bench.add_argument("--rounds", type=int, default=15)
     bench.add_argument("--json", type=Optional[str], default=None, help="also write the rows and the machine here")
+    bench.add_argument("--format", type=str, default="auto", choices=["auto", "compact", "sparse"],
+                       help="experiment directory: the format to export each level as")
+    bench.add_argument("--replicate", type=int, default=0, help="experiment directory: the replicate to measure")
+    bench.add_argument("--branch", type=Optional[str], default=None,
+                       help="experiment directory: the branch to measure (default: the main line)")
     subcommands.add_subcommand("benchmark", bench, help="measure an exported model against dense and masked")
 
 
@@ -193,6 +204,8 @@ def describe_report(report: Mapping[str, Any]) -> str:
 def run_benchmark(parser: ArgumentParser, cfg: Namespace) -> int:
     from lightning_lottery.export.bench import machine, measure, table
 
+    if not (Path(cfg.exported) / INFO_FILE).is_file() and (Path(cfg.exported) / "experiment.json").is_file():
+        return benchmark_experiment(Path(cfg.exported), cfg)
     info = read_export_info(cfg.exported)
     if info["report"]["format"] == "2:4":
         raise UnsupportedModelError("benchmark times CPU variants; a 2:4 export runs on a GPU: load it with "
@@ -215,4 +228,54 @@ def run_benchmark(parser: ArgumentParser, cfg: Namespace) -> int:
     if cfg.json:
         Path(cfg.json).write_text(json.dumps({"machine": before, "load_after": after["load_average"],
                                               "rows": rows}, indent=2) + "\n")
+    _record(Path(source["ticket"]).parent, Path(source["experiment"]) if source.get("experiment") else None,
+            info["report"]["format"], rows, {**before, "load_after": after["load_average"]})
+    return 0
+
+
+def _record(run_dir: Path, experiment: Path | None, fmt: str, rows: Any, machine: Mapping[str, Any]) -> None:
+    """Record ``rows`` in the experiment of ``run_dir`` when it is one of its runs (else nothing)."""
+    from lightning_lottery import measured
+
+    try:
+        root = experiment if experiment is not None else _find_experiment(run_dir).parent
+    except FileNotFoundError:
+        return
+    run = measured.run_of(run_dir, root)
+    if run is not None:
+        measured.record(root, run, fmt, rows, machine)
+        print(f"recorded in {root / measured.FILE} ({run.branch}, level {run.level}, replicate {run.replicate})")
+
+
+def benchmark_experiment(root: Path, cfg: Namespace) -> int:
+    """Export and measure every finished level (≥ 1) of one branch and replicate of the experiment ``root``."""
+    from lightning_lottery.branches import main_branch_of
+    from lightning_lottery.export.bench import machine, measure, table
+    from lightning_lottery.store import ExperimentStore
+
+    store = ExperimentStore(root)
+    lottery = ((store.read_experiment() or {}).get("config") or {}).get("lottery") or {}
+    fmt = cfg.format if cfg.format != "auto" else ("compact" if lottery.get("structure") == "units" else "sparse")
+    finished = store.finished_runs()
+    branch = cfg.branch or main_branch_of({r.branch for r in finished}, lottery.get("rewind"))
+    runs = sorted((r for r in finished if r.branch == branch and r.replicate == cfg.replicate and r.level >= 1),
+                  key=lambda r: r.level)
+    if not runs:
+        raise MaskError(f"{root}: no finished run of branch {branch!r}, replicate {cfg.replicate}, past level 0")
+    for run in runs:
+        model, mask, _ = load_source(store.run_dir(run), experiment=root)
+        before, rows = machine(), []
+        for n_threads in cfg.threads:
+            count = n_threads or os.cpu_count() or 1
+            exported: dict[int, nn.Module] = {}
+            for batch in cfg.batch_sizes:
+                exported[batch], _, shape = export_model(model, mask, fmt, None, batch, count)
+            variants = {"dense": plain_network(model.eval()), "masked": plain_network(masked_copy(model, mask)),
+                        fmt: exported}
+            rows += measure(variants, shape, cfg.batch_sizes, (count,), rounds=cfg.rounds)
+        after = machine()
+        print(f"{branch}, level {run.level}, replicate {run.replicate} ({fmt}):\n{table(rows)}")
+        _record(store.run_dir(run), root, fmt, rows, {**before, "load_after": after["load_average"]})
+    print(f"machine: {before['cpu_model']}, {before['cpu_affinity']} cores, torch {before['torch']}; load average "
+          f"{after['load_average']} at the end")
     return 0

@@ -22,11 +22,15 @@ _TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("remaining", "% remaining"),
     ("compression", "compression (total/alive)"),
     ("speedup", "theoretical speedup"),
+    ("measured_speedup", "measured speedup"),
     ("test_acc", "test acc (%)"),
     ("early_stop_iter", "early-stop iteration"),
     ("early_stop_test_acc", "test acc at early stop (%)"),
 )
-_TABLE_METRICS = ("remaining", "compression", "speedup", "test_acc", "early_stop_iter", "early_stop_test_acc")
+_TABLE_METRICS = ("remaining", "compression", "speedup", "measured_speedup", "test_acc", "early_stop_iter",
+                  "early_stop_test_acc")
+#: Shown without a CI (exact per run, or one measurement per run).
+_NO_CI = ("remaining", "compression", "speedup", "measured_speedup")
 
 
 def _row_speedup(row: Mapping[str, Any], costs: Mapping[str, Mapping[str, int]]) -> float | None:
@@ -40,7 +44,9 @@ def _row_speedup(row: Mapping[str, Any], costs: Mapping[str, Mapping[str, int]])
 def summary_table(rows: Sequence[Mapping[str, Any]], costs: Mapping[str, Mapping[str, int]] | None = None
                   ) -> list[dict[str, Any]]:
     """One row per (branch, level): ``n`` and, for each of remaining, compression (total / alive), theoretical
-    speedup (only with ``costs``), test_acc, early_stop_iter and early_stop_test_acc, the mean over replicates
+    speedup (only with ``costs``), measured speedup (only where rows carry ``measured_speedup``, merged from
+    ``measurements.json`` by :func:`lightning_lottery.measured.merge`: the exported model against dense, the largest
+    batch measured, fewest threads), test_acc, early_stop_iter and early_stop_test_acc, the mean over replicates
     (``<metric>``) and the 95% CI half-width (``<metric>_ci95``), in the units of ``results.json``.
 
     Example:
@@ -58,7 +64,9 @@ def summary_table(rows: Sequence[Mapping[str, Any]], costs: Mapping[str, Mapping
         if costs is not None:
             extra["speedup"] = _row_speedup(row, costs)
         augmented.append({**row, **extra})
-    metrics = [m for m in _TABLE_METRICS if costs is not None or m != "speedup"]
+    measured = any(r.get("measured_speedup") is not None for r in rows)
+    metrics = [m for m in _TABLE_METRICS if (costs is not None or m != "speedup")
+               and (measured or m != "measured_speedup")]
     out = []
     for stats in aggregate(augmented, metrics=metrics):
         entry: dict[str, Any] = {"branch": stats["branch"], "level": stats["level"], "n": stats["n"]}
@@ -77,7 +85,7 @@ def _fmt_number(key: str, value: float | None) -> str:
         return f"{100 * value:.2f}"
     if key == "early_stop_iter":
         return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
-    if key in ("compression", "speedup"):
+    if key in ("compression", "speedup", "measured_speedup"):
         return "∞" if math.isinf(value) else f"{value:.2f}"
     return str(value)
 
@@ -86,18 +94,21 @@ def _fmt_cell(key: str, entry: Mapping[str, Any]) -> str:
     """The shown cell: the mean, ``± CI`` for the measured metrics."""
     text = _fmt_number(key, entry.get(key))
     ci = entry.get(f"{key}_ci95")
-    if ci is not None and entry.get(key) is not None and key not in ("remaining", "compression", "speedup"):
+    if ci is not None and entry.get(key) is not None and key not in _NO_CI:
         text += f" ± {_fmt_number(key, ci)}"
     return text
 
 
-def _table_columns(with_speedup: bool) -> list[tuple[str, str]]:
-    return [(k, h) for k, h in _TABLE_COLUMNS if with_speedup or k != "speedup"]
+def _table_columns(with_speedup: bool, table: Sequence[Mapping[str, Any]] = ()) -> list[tuple[str, str]]:
+    """The columns shown: theoretical speedup ``with_speedup``, measured speedup when ``table`` has one."""
+    measured = any(e.get("measured_speedup") is not None for e in table)
+    return [(k, h) for k, h in _TABLE_COLUMNS if (with_speedup or k != "speedup")
+            and (measured or k != "measured_speedup")]
 
 
 def table_html(table: Sequence[Mapping[str, Any]], with_speedup: bool) -> str:
     """The ``<table id="results">``: shown text per cell, the full-precision value in ``data-value``."""
-    columns = _table_columns(with_speedup)
+    columns = _table_columns(with_speedup, table)
     head = "".join(f'<th data-key="{k}">{html.escape(h)}</th>' for k, h in columns)
     body = []
     for entry in table:
@@ -116,7 +127,7 @@ def table_html(table: Sequence[Mapping[str, Any]], with_speedup: bool) -> str:
 
 def table_markdown(table: Sequence[Mapping[str, Any]], with_speedup: bool) -> str:
     """The table as Markdown (shown values), for the W&B report."""
-    columns = _table_columns(with_speedup)
+    columns = _table_columns(with_speedup, table)
     lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
     for entry in table:
         cells = [str(entry[k]) if k in ("branch", "level", "n") else _fmt_cell(k, entry) for k, _ in columns]
@@ -126,7 +137,7 @@ def table_markdown(table: Sequence[Mapping[str, Any]], with_speedup: bool) -> st
 
 def table_csv(table: Sequence[Mapping[str, Any]], with_speedup: bool) -> str:
     """The table as CSV at full precision (``summary.csv``): the columns, then their ``_ci95`` half-widths."""
-    keys = [k for k, _ in _table_columns(with_speedup)]
+    keys = [k for k, _ in _table_columns(with_speedup, table)]
     keys += [f"{k}_ci95" for k in keys if k in _TABLE_METRICS]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n", extrasaction="ignore")
