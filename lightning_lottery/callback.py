@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.hooks import RemovableHandle
 
-from lightning_lottery import _compat, distributed, pruning
+from lightning_lottery import _compat, criteria, distributed, pruning
 from lightning_lottery._compat import override
 from lightning_lottery.masks import (ZERO_PRESERVING_OPTIMIZERS, Mask, MaskError, check_fits, load_mask,
                                      mask_after_every_step, ones_mask, remaining, require_prunable, zero_pruned_)
@@ -245,7 +245,7 @@ class LotteryTicket(Callback):
         params = require_prunable(model, self.include, self.exclude)
         current = self.mask if self.mask is not None else ones_mask(params)
         options = dict(scope=scope, rates=rates or {}, structure=structure, unit_norm=unit_norm, mask_type=mask_type)
-        self.set_mask(pruning.prune_weights(params, current, rate, criterion=criterion, generator=generator, **options))
+        self.set_mask(pruning.prune_weights(params, current, rate, criteria.get_criterion(criterion), generator, **options))
         return self.mask  # type: ignore[return-value]
 
     def set_mask(self, mask: Mapping[str, torch.Tensor]) -> None:

@@ -38,7 +38,6 @@ import torch
 
 from lightning_lottery.structured import (MASK_TYPES, broadcast, project_2_4, protect_output, random_units_like,
                                          unit_mask, unit_scores)
-from lightning_lottery.criteria import get_criterion
 from lightning_lottery.masks import Mask
 from lightning_lottery.selection import Layer, PruningError, finish, new_mask, prepare, threshold
 
@@ -379,19 +378,21 @@ def random_mask_like(mask: Mapping[str, torch.Tensor], generator: torch.Generato
     return out
 
 
-def prune_weights(weights: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor], rate: float, *,
-                  criterion: str = "magnitude", generator: torch.Generator | None = None, **options: object) -> Mask:
-    """One level on the parameters ``weights`` themselves: score them by ``criterion`` (a name of
+def prune_weights(weights: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor], rate: float,
+                  score: Callable[..., Mapping[str, torch.Tensor]], generator: torch.Generator | None = None,
+                  **options: object) -> Mask:
+    """One level on the parameters ``weights`` themselves: ``score(weights, generator=generator)`` (a criterion of
     :mod:`lightning_lottery.criteria`), then :func:`prune` with ``options`` (``scope``, ``rates``, ``structure``,
     ``unit_norm``, ``mask_type``, ...) on the weights' devices. What ``LotteryTicket.prune`` runs.
 
     Example:
         >>> w = {"a": torch.tensor([[3.0, -1.0], [0.1, 0.2]]), "out": torch.ones(2, 2)}
         >>> m = {n: torch.ones(2, 2, dtype=torch.bool) for n in w}
-        >>> prune_weights(w, m, 0.5, structure="units")["a"].tolist()
+        >>> magnitude = lambda ws, generator=None: {n: t.abs() for n, t in ws.items()}
+        >>> prune_weights(w, m, 0.5, magnitude, structure="units")["a"].tolist()
         [[True, True], [False, False]]
     """
     detached = {n: p.detach() for n, p in weights.items()}
-    scores = get_criterion(criterion)(detached, generator=generator)
+    scores = score(detached, generator=generator)
     on_device = {n: m.to(detached[n].device) for n, m in mask.items()}
     return prune(scores, on_device, rate, **options)  # type: ignore[arg-type]
