@@ -301,3 +301,21 @@ def test_benchmark_experiment_records_measurements_for_the_report_and_wandb(tmp_
     columns, data = measured.measurement_rows(measured.read(out))
     assert run.job_type == "summary" and logged["measured_speedup/_type"] == "table-file"
     assert logged["measured_speedup/nrows"] == len(data) == 9
+
+
+def test_compact_export_fuses_linear_relu_runs_with_the_same_outputs(tmp_path):
+    from lightning_lottery.export.layers import LinearStack
+
+    model = lenet()
+    mask = random_mask(model, 0.5)
+    out, report, shape = export_model(model, mask, "compact", (64,))
+    stacks = [m for m in out.modules() if isinstance(m, LinearStack)]
+    assert len(stacks) == 1 and stacks[0].relu == [True, True, False]  # fc1-relu-fc2-relu-fc3 in one module
+    assert_same(model, mask, out, shape)
+    save_export(out, tmp_path, input_shape=shape, onnx=False)
+    assert_same(model, mask, load_export(tmp_path), shape)
+    conv = randomize(ConvNet("conv2", in_channels=2, image_size=8))
+    cmask = random_mask(conv, 0.6)
+    cout, _, cshape = export_model(conv, cmask, "compact", (2, 8, 8))
+    assert any(isinstance(m, LinearStack) for m in cout.modules())
+    assert_same(conv, cmask, cout, cshape)

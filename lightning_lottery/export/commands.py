@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from lightning_lottery.export.chain import default_input_shape, masked_copy, model_chain, plain_network
 from lightning_lottery.export.compact import compact
 from lightning_lottery.export.io import INFO_FILE, load_export, read_export_info, save_export
-from lightning_lottery.export.layers import UnsupportedModelError
+from lightning_lottery.export.layers import UnsupportedModelError, fuse_linear_relu
 from lightning_lottery.export.semistructured import project_model, require_cuda_2_4, to_semi_structured
 from lightning_lottery.export.sparse import sparsify
 from lightning_lottery.masks import MaskError, read_safetensors
@@ -156,6 +156,8 @@ def export_model(model: nn.Module, mask: Mapping[str, Tensor], fmt: str, input_s
     out: nn.Module = masked_copy(model, mask)
     if chain:
         out, report["compaction"] = compact(model, mask, shape)
+        if fmt == "compact" and isinstance(out, nn.Sequential):  # runs of Linear+ReLU as one module (batch 1)
+            out = fuse_linear_relu(out)
     if fmt == "sparse":
         example = torch.randn(batch_size, *shape)
         out, report["sparse"] = sparsify(out, example, num_threads or os.cpu_count())
