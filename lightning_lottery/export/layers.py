@@ -185,6 +185,7 @@ class LinearStack(nn.Module):
         for i, (a, b) in enumerate(zip(self.sizes, self.sizes[1:])):
             self.register_buffer(f"weight_t{i}", torch.zeros(a, b))
             self.register_buffer(f"bias{i}", torch.zeros(b))
+        self._steps = [(f"weight_t{i}", f"bias{i}", r) for i, r in enumerate(self.relu)]  # names, looked up per call
 
     @classmethod
     def from_layers(cls, layers: list[tuple[nn.Linear, bool]]) -> LinearStack:
@@ -196,13 +197,13 @@ class LinearStack(nn.Module):
         return out.to(layers[0][0].weight.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        lead = x.shape[:-1]
-        h = x.reshape(-1, self.sizes[0])
-        for i, relu in enumerate(self.relu):
-            h = torch.addmm(getattr(self, f"bias{i}"), h, getattr(self, f"weight_t{i}"))
+        buffers = self._buffers  # not nn.Module.__getattr__: this forward is per-call overhead and little else
+        h = x if x.dim() == 2 else x.reshape(-1, self.sizes[0])
+        for weight, bias, relu in self._steps:
+            h = torch.addmm(buffers[bias], h, buffers[weight])  # type: ignore[arg-type]
             if relu:
                 h = h.relu_()
-        return h.reshape(*lead, self.sizes[-1])
+        return h if x.dim() == 2 else h.reshape(*x.shape[:-1], self.sizes[-1])
 
     def extra_repr(self) -> str:
         return f"sizes={self.sizes}, relu={self.relu}"
