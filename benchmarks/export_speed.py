@@ -1,7 +1,7 @@
 """Inference speed of an exported ticket: dense vs masked vs compact vs sparse, side by side (docs/performance.md,
 "Export").
 
-    .venv/bin/python benchmarks/export_speed.py [--remaining 0.087] [--rounds 15] [--out benchmarks/results_export]
+    .venv/bin/python benchmarks/export_speed.py [--structured] [--rounds 15] [--out benchmarks/results_export]
 
 The ticket: LeNet-300-100 (784-300-100-10) under the default recipe's mask after 11 levels (recipes/
 lenet300_fashion_mnist.yaml: 20% per level, the output layer 10%: fc1 and fc2 8.59% alive, fc3 31.4%, 8.7% in all),
@@ -10,7 +10,8 @@ trained IMP mask has the same per-layer densities). Variants, on the same random
 
 * dense     the network (``model.net``) with all its weights;
 * masked    the same network with the pruned weights zero (dense kernels: the cost of a ticket as trained);
-* compact   :func:`lightning_lottery.export.compact` of the masked network;
+* compact   :func:`lightning_lottery.export.compact` of the masked network (an ``nn.Sequential`` of layers);
+* fused     compact with its Linear(+ReLU) runs as one ``LinearStack`` (what ``export --format compact`` writes);
 * sparse    compact, then each Linear layer as ``torch.sparse_csr`` where it measured faster, chosen at the row's
             batch size and thread count (so the batch-1 row may keep every layer dense), in the faster of the two
             layouts (``[batch, features]`` or ``[features, batch]``, see ``lightning_lottery.export.sparse``).
@@ -37,18 +38,24 @@ if str(ROOT) not in sys.path:
 from lightning_lottery.export import compact, sparsify  # noqa: E402
 from lightning_lottery.export.bench import machine, measure, table  # noqa: E402
 from lightning_lottery.export.chain import masked_copy, plain_network  # noqa: E402
+from lightning_lottery.export.layers import fuse_linear_relu  # noqa: E402
 from lightning_lottery.masks import prunable_parameters, remaining  # noqa: E402
 from lightning_lottery.pruning import prune_to  # noqa: E402
 
 TARGETS = {"speedup_batch256": 3.0, "speedup_batch1_min": 1.0}
 
 
-def default_ticket(levels: int = 11) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+def default_ticket(levels: int = 11, structured: bool = False) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """The default recipe's 8.7% ticket, or with ``structured`` a ticket at 25% of the hidden units (L1 norms of
+    the fan-in, ``structure: units``; the outputs keep all: 784-75-25-10, 23% of the weights)."""
     from lightning_lottery.models import LeNet300100
 
     torch.manual_seed(0)
     model = LeNet300100().eval()
     params = prunable_parameters(model)
+    if structured:
+        ones = {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
+        return model, prune_to({n: p.detach().abs() for n, p in params.items()}, ones, 0.25, structure="units")
     targets = {"net.fc1.weight": 0.8 ** levels, "net.fc2.weight": 0.8 ** levels, "net.fc3.weight": 0.9 ** levels}
     ones = {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
     mask = prune_to({n: p.detach().abs() for n, p in params.items()}, ones, 1.0, targets=targets)
@@ -61,13 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 256])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 0], help="0: all cores")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results_export")
+    parser.add_argument("--structured", action="store_true", help="the structured ticket at 25%% of the units")
     args = parser.parse_args(argv)
-    model, mask = default_ticket()
+    model, mask = default_ticket(structured=args.structured)
     shape = (784,)
     masked = plain_network(masked_copy(model, mask))  # model.net: no LightningModule call in any variant
     small, report = compact(model, mask, shape)
     print(f"ticket: {100 * remaining(mask):.2f}% remaining; compaction removed {report['units_removed']} units, "
           f"inputs kept {report['inputs_kept']}/{report['inputs']}", file=sys.stderr)
+    fused = fuse_linear_relu(small)
     before = machine()
     rows, choices = [], {}
     for n_threads in args.threads:
@@ -77,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             sparse[batch], rep = sparsify(small, torch.randn(batch, *shape), num_threads=count)
             choices[f"batch {batch}, {count} threads"] = {"layout": rep["layout"], **{
                 r["layer"]: (r["choice"], r["ratio"]) for r in rep["layers"]}}
-        rows += measure({"dense": plain_network(model), "masked": masked, "compact": small, "sparse": sparse}, shape,
+        rows += measure({"dense": plain_network(model), "masked": masked, "compact": small, "fused": fused,
+                         "sparse": sparse}, shape,
                         args.batch_sizes, (count,), rounds=args.rounds)
     after = machine()
     print(table(rows))

@@ -16,11 +16,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.hooks import RemovableHandle
 
-from lightning_lottery import _compat, distributed, pruning
+from lightning_lottery import _compat, criteria, distributed, pruning
 from lightning_lottery._compat import override
-from lightning_lottery.criteria import get_criterion
-from lightning_lottery.masks import (ZERO_PRESERVING_OPTIMIZERS, Mask, MaskError, check_fits, load_mask, mask_after_every_step,
-                                     mask_gradients_, ones_mask, remaining, require_prunable, zero_pruned_)
+from lightning_lottery.masks import (ZERO_PRESERVING_OPTIMIZERS, Mask, MaskError, check_fits, load_mask, ones_mask,
+                                     mask_after_every_step, mask_gradients_, remaining, require_prunable, zero_pruned_)
 from lightning_lottery.rewind import RewindState, RewindStep, cpu_copy
 from lightning_lottery.ticket import Ticket, resolve_ticket
 
@@ -233,9 +232,11 @@ class LotteryTicket(Callback):
         rates: Mapping[str, float] | None = None,
         criterion: str = "magnitude",
         generator: torch.Generator | None = None,
+        structure: str = "unstructured", unit_norm: str = "l1", mask_type: str = "any",
     ) -> Mask:
         """Prune a fraction ``rate`` of the alive weights of ``model`` (its current, trained weights) by ``criterion``.
 
+        ``structure="units"`` removes whole units, ``mask_type="2:4"`` projects to 2:4 (:func:`pruning.prune_weights`).
         The new mask becomes this callback's mask and the next fit starts from the rewind point. Returns the mask.
         """
         self._take_handoff()
@@ -243,9 +244,8 @@ class LotteryTicket(Callback):
             raise RuntimeError("no rewind point yet: fit the model with this callback before pruning")
         params = require_prunable(model, self.include, self.exclude)
         current = self.mask if self.mask is not None else ones_mask(params)
-        weights = {n: p.detach() for n, p in params.items()}
-        scores = get_criterion(criterion)(weights, generator=generator)
-        self.set_mask(pruning.prune(scores, {n: m.to(weights[n].device) for n, m in current.items()}, rate, scope=scope, rates=rates or {}))
+        options = dict(scope=scope, rates=rates or {}, structure=structure, unit_norm=unit_norm, mask_type=mask_type)
+        self.set_mask(pruning.prune_weights(params, current, rate, criteria.get_criterion(criterion), generator, **options))
         return self.mask  # type: ignore[return-value]
 
     def set_mask(self, mask: Mapping[str, torch.Tensor]) -> None:

@@ -84,6 +84,9 @@ def build_parser(command: str | None = None) -> ArgumentParser:
         retrain = _recipe_parser("Train a saved ticket (a file or a W&B artifact) once more with a recipe's settings.")
         retrain.add_argument("--ticket", type=str, required=True,
                              help="ticket.safetensors, or a W&B artifact reference (wandb:ENTITY/PROJECT/NAME:ALIAS)")
+        retrain.add_argument("--save_trained", type=Optional[str], default=None,
+                             help="write the trained weights under the ticket's mask here (a .safetensors ticket file: "
+                                  "lightning-lottery export PATH --experiment DIR exports it)")
         subcommands.add_subcommand("retrain", retrain, help="train a ticket again")
     if wanted("recipes"):
         subcommands.add_subcommand("recipes", ArgumentParser(description="The packaged recipes, one line each.",
@@ -214,6 +217,7 @@ def run_retrain(parser: ArgumentParser, cfg: Namespace) -> int:
     from lightning_lottery.ticket import resolve_ticket
 
     lottery, _ = _settings(parser, cfg)
+    save_to = _save_trained_path(cfg.get("save_trained"))
     try:
         ticket_path = resolve_ticket(cfg.ticket)
         callback = LotteryTicket(ticket=ticket_path, include=lottery.include, exclude=lottery.exclude)
@@ -230,7 +234,26 @@ def run_retrain(parser: ArgumentParser, cfg: Namespace) -> int:
     results = trainer.test(init.model, datamodule=init.data, verbose=False)
     metrics = {k: round(float(v), 4) for k, v in (results[0] if results else {}).items()}
     print(f"ticket {ticket_path}: {100 * callback.remaining:.1f}% weights remaining, {metrics}")
+    if save_to is not None and distributed.is_main():
+        from lightning_lottery.ticket import Ticket
+
+        assert callback.mask is not None
+        Ticket.from_model(init.model, callback.mask, trained="true", source=str(ticket_path),
+                          **{f"metric/{k}": v for k, v in metrics.items()}).save(save_to)
+        print(f"trained weights: {save_to}")
     return 0
+
+
+def _save_trained_path(value: str | None) -> Path | None:
+    """``--save_trained`` checked before training: a ``.safetensors`` path in an existing directory."""
+    if value is None:
+        return None
+    path = Path(value)
+    if path.suffix != ".safetensors":
+        raise _RecipeError(f"--save_trained must name a .safetensors file, got {value!r}")
+    if not path.parent.is_dir():
+        raise _RecipeError(f"--save_trained: directory {str(path.parent)!r} does not exist")
+    return path
 
 
 def run_report(parser: ArgumentParser, cfg: Namespace) -> int:

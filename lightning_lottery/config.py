@@ -101,6 +101,8 @@ class LotteryConfig:
             units, global scope compares norms per weight, the output layer (the last prunable parameter) keeps all
             its units, and the ``random_mask`` / ``oneshot`` controls are structured too.
         unit_norm: ``"l1"`` or ``"l2"``, the norm of a unit's fan-in with ``structure: units``.
+        mask_type: ``"any"`` or ``"2:4"``: every level's mask is projected to 2:4 (of each block of 4 weights along a
+            unit's fan-in, the 2 best-scored alive ones stay), the pattern ``export --format 2:4`` runs on GPUs.
         include: fnmatch patterns of parameters to prune (default: weights of Linear and Conv layers).
         exclude: fnmatch patterns of parameters never to prune.
         val_every_n_steps: validate every this many training batches (the paper: 100); ``None`` keeps the trainer's.
@@ -151,6 +153,7 @@ class LotteryConfig:
     stability: Optional[Stability] = None
     early_bird: Optional[EarlyBird] = None
     transfer: Optional[Transfer] = None
+    mask_type: Literal["any", "2:4"] = "any"
 
     def __post_init__(self) -> None:
         from lightning_lottery.criteria import available_criteria, criterion_info
@@ -230,6 +233,13 @@ class LotteryConfig:
             raise ValueError(f"lottery.structure must be 'unstructured' or 'units', got {self.structure!r}")
         if self.unit_norm not in ("l1", "l2"):
             raise ValueError(f"lottery.unit_norm must be 'l1' or 'l2', got {self.unit_norm!r}")
+        if self.mask_type not in ("any", "2:4"):
+            raise ValueError(f"lottery.mask_type must be 'any' or '2:4', got {self.mask_type!r}")
+        if self.mask_type == "2:4" and (self.structure == "units" or self.rewind == "pai" or
+                                        {"random_mask", "oneshot"} & set(self.controls)):
+            raise ValueError("lottery.mask_type: 2:4 projects each level's IMP mask; it does not combine with "
+                             "structure: units, rewind: pai or the random_mask / oneshot controls (their masks "
+                             "are not 2:4)")
         if self.structure == "units" and self.rewind == "pai":
             raise ValueError("lottery.structure: units prunes whole units level by level; pruning at initialization "
                              "(rewind: pai) scores single weights: use structure: unstructured with it")

@@ -36,11 +36,13 @@ from typing import Literal
 
 import torch
 
-from lightning_lottery.structured import broadcast, protect_output, random_units_like, unit_mask, unit_scores
+from lightning_lottery.structured import (MASK_TYPES, broadcast, project_2_4, protect_output, random_units_like,
+                                         unit_mask, unit_scores)
 from lightning_lottery.masks import Mask
 from lightning_lottery.selection import Layer, PruningError, finish, new_mask, prepare, threshold
 
-__all__ = ["PruningError", "Scope", "Structure", "prune", "prune_to", "pruning_count", "random_mask_like", "resolve_rates"]
+__all__ = ["PruningError", "Scope", "Structure", "prune", "prune_to", "prune_weights", "pruning_count",
+           "random_mask_like", "resolve_rates"]
 
 Scope = Literal["global", "layerwise"]
 #: ``"unstructured"``: single weights; ``"units"``: whole rows / filters (:mod:`lightning_lottery.structured`).
@@ -207,6 +209,12 @@ def _check_structure(structure: object) -> str:
     return structure  # type: ignore[return-value]
 
 
+def _check_mask_type(mask_type: object) -> str:
+    if mask_type not in MASK_TYPES:
+        raise PruningError(f"mask_type must be one of {', '.join(MASK_TYPES)}, got {mask_type!r}")
+    return mask_type  # type: ignore[return-value]
+
+
 def _by_units(level: Callable[..., Mask], scores: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor],
               value: float, scope: str, overrides: dict[str, dict[str, float]], norm: str, min_alive: int) -> Mask:
     """``level`` (:func:`prune` or :func:`prune_to`) on unit scores and unit masks, broadcast back over the weights.
@@ -238,8 +246,12 @@ def prune(
     min_alive: int = 1,
     structure: Structure = "unstructured",
     unit_norm: str = "l1",
+    mask_type: str = "any",
 ) -> Mask:
     """One level of iterative pruning: remove a fraction ``rate`` of the weights that are still alive.
+
+    ``mask_type="2:4"`` then projects the new mask to 2:4 (:func:`lightning_lottery.structured.project_2_4`: of
+    every block of 4 along a unit's fan-in the 2 best-scored alive weights stay), so it may remove more.
 
     ``structure="units"`` removes whole units instead (rows of a Linear weight, filters of a Conv weight), scored by
     the ``unit_norm`` (``"l1"`` / ``"l2"``) of their alive fan-in scores, the output layer (the last parameter) never:
@@ -264,6 +276,9 @@ def prune(
         tensor([False,  True,  True, False, False])
     """
     _check_common(scope, min_alive)
+    if _check_mask_type(mask_type) != "any":
+        return project_2_4(prune(scores, mask, rate, scope=scope, rates=rates, min_alive=min_alive,
+                                 structure=structure, unit_norm=unit_norm), scores)
     if _check_structure(structure) == "units":
         return _by_units(prune, scores, mask, rate, scope, {"rates": protect_output(list(mask), rates, 0.0)},
                          unit_norm, min_alive)
@@ -294,10 +309,12 @@ def prune_to(
     min_alive: int = 1,
     structure: Structure = "unstructured",
     unit_norm: str = "l1",
+    mask_type: str = "any",
 ) -> Mask:
     """One-shot pruning to a fraction ``target`` in ``(0, 1]`` of weights remaining.
 
     ``structure="units"``: of *units* remaining (the output layer keeps all), as in :func:`prune`.
+    ``mask_type="2:4"``: the result projected to 2:4, as in :func:`prune`.
 
     The kept count is ``floor(target * total + 0.5)`` of each parameter's total (``"layerwise"``) or of the pool's
     total (``"global"``, the parameters without an override in ``targets``). ``targets`` maps fnmatch patterns to
@@ -312,6 +329,9 @@ def prune_to(
         [7, 8, 9]
     """
     _check_common(scope, min_alive)
+    if _check_mask_type(mask_type) != "any":
+        return project_2_4(prune_to(scores, mask, target, scope=scope, targets=targets, min_alive=min_alive,
+                                    structure=structure, unit_norm=unit_norm), scores)
     if _check_structure(structure) == "units":
         return _by_units(prune_to, scores, mask, target, scope,
                          {"targets": protect_output(list(mask), targets, 1.0)}, unit_norm, min_alive)
@@ -356,3 +376,23 @@ def random_mask_like(mask: Mapping[str, torch.Tensor], generator: torch.Generato
         flat[torch.randperm(m.numel(), generator=generator)[:alive]] = True
         out[name] = flat.view(m.shape).to(m.device)
     return out
+
+
+def prune_weights(weights: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor], rate: float,
+                  score: Callable[..., Mapping[str, torch.Tensor]], generator: torch.Generator | None = None,
+                  **options: object) -> Mask:
+    """One level on the parameters ``weights`` themselves: ``score(weights, generator=generator)`` (a criterion of
+    :mod:`lightning_lottery.criteria`), then :func:`prune` with ``options`` (``scope``, ``rates``, ``structure``,
+    ``unit_norm``, ``mask_type``, ...) on the weights' devices. What ``LotteryTicket.prune`` runs.
+
+    Example:
+        >>> w = {"a": torch.tensor([[3.0, -1.0], [0.1, 0.2]]), "out": torch.ones(2, 2)}
+        >>> m = {n: torch.ones(2, 2, dtype=torch.bool) for n in w}
+        >>> magnitude = lambda ws, generator=None: {n: t.abs() for n, t in ws.items()}
+        >>> prune_weights(w, m, 0.5, magnitude, structure="units")["a"].tolist()
+        [[True, True], [False, False]]
+    """
+    detached = {n: p.detach() for n, p in weights.items()}
+    scores = score(detached, generator=generator)
+    on_device = {n: m.to(detached[n].device) for n, m in mask.items()}
+    return prune(scores, on_device, rate, **options)  # type: ignore[arg-type]

@@ -293,7 +293,7 @@ class PruningScheduler:
         scores = get_criterion(cfg.criterion)(weights, generator=generator)
         device_mask = {n: m.to(weights[n].device) for n, m in mask.items()}
         pruned = pruning.prune(scores, device_mask, cfg.rate, scope=cfg.scope, rates=cfg.rates,
-                               structure=cfg.structure, unit_norm=cfg.unit_norm)
+                               structure=cfg.structure, unit_norm=cfg.unit_norm, mask_type=cfg.mask_type)
         return {n: m.cpu() for n, m in pruned.items()}
 
     def _pai_mask(self, run: Run) -> Mask:

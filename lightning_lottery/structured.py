@@ -41,12 +41,15 @@ import torch
 from lightning_lottery.masks import Mask
 from lightning_lottery.selection import PruningError
 
-__all__ = ["NORMS", "STRUCTURES", "Norm", "broadcast", "is_unit_structured", "output_layer", "protect_output",
-           "random_units_like", "unit_counts", "unit_mask", "unit_scores"]
+__all__ = ["MASK_TYPES", "NORMS", "STRUCTURES", "Norm", "broadcast", "is_2_4", "is_unit_structured", "output_layer",
+           "project_2_4", "protect_output", "random_units_like", "unit_counts", "unit_mask", "unit_scores"]
 
 Norm = Literal["l1", "l2"]
 NORMS = ("l1", "l2")
 STRUCTURES = ("unstructured", "units")
+#: ``lottery.mask_type``: ``"any"`` (no pattern) or ``"2:4"`` (at most 2 alive weights in every block of 4 along a
+#: unit's fan-in: the semi-structured sparsity of NVIDIA's sparse tensor cores, :func:`project_2_4`).
+MASK_TYPES = ("any", "2:4")
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -156,4 +159,47 @@ def random_units_like(mask: Mapping[str, torch.Tensor], generator: torch.Generat
         perm = torch.randperm(m.shape[0] if m.dim() else 1, generator=generator)
         rows = _rows(m.cpu())
         out[name] = rows[perm].reshape(m.shape).to(m.device)
+    return out
+
+
+def _blocks(t: torch.Tensor, fill: object) -> tuple[torch.Tensor, int]:
+    """``t`` as ``[units, blocks, 4]`` along the fan-in (the last block padded with ``fill``), and the fan-in."""
+    rows = _rows(t)
+    fan_in = rows.shape[1]
+    pad = (-fan_in) % 4
+    if pad:
+        rows = torch.cat([rows, torch.full((rows.shape[0], pad), fill, dtype=rows.dtype, device=rows.device)], 1)
+    return rows.reshape(rows.shape[0], -1, 4), fan_in
+
+
+def is_2_4(mask: Mapping[str, torch.Tensor]) -> bool:
+    """Whether every block of 4 consecutive weights along every unit's fan-in has at least 2 pruned (2:4 sparsity;
+    a last, shorter block counts as padded with pruned weights).
+
+    Example:
+        >>> is_2_4({"w": torch.tensor([[True, False, True, False, True]])}), is_2_4({"w": torch.ones(1, 4).bool()})
+        (True, False)
+    """
+    return all(bool((_blocks(m.to(torch.bool), False)[0].sum(-1) <= 2).all()) for m in mask.values())
+
+
+def project_2_4(mask: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tensor]) -> Mask:
+    """``mask`` projected to 2:4: in every block of 4 along a unit's fan-in (the flattened ``w[i]``) only the 2 alive
+    weights of largest score stay alive (equal scores: the lower index). Pruned weights are never revived.
+
+    Example:
+        >>> m = {"w": torch.ones(1, 6, dtype=torch.bool)}
+        >>> project_2_4(m, {"w": torch.tensor([[1.0, 4.0, 3.0, 2.0, 5.0, 6.0]])})["w"].tolist()
+        [[False, True, True, False, True, True]]
+    """
+    out: Mask = {}
+    for name, m in mask.items():
+        if name not in scores:
+            raise PruningError(f"scores lack parameter {name!r} of the mask")
+        alive, fan_in = _blocks(m.to(torch.bool), False)
+        s, _ = _blocks(scores[name].detach().to(torch.float64).to(m.device), float("-inf"))
+        s = torch.where(alive, s, torch.full_like(s, float("-inf")))
+        order = torch.sort(s, dim=-1, descending=True, stable=True).indices[..., :2]
+        keep = torch.zeros_like(alive).scatter_(-1, order, True) & alive
+        out[name] = keep.reshape(keep.shape[0], -1)[:, :fan_in].reshape(m.shape)
     return out

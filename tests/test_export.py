@@ -223,3 +223,99 @@ def test_lightning_lottery_cli_has_export_and_benchmark(capsys):
     with pytest.raises(SystemExit) as err:
         main(["export", "no/such/ticket.safetensors"])
     assert err.value.code == 2 and "no ticket" in capsys.readouterr().err
+
+
+def test_retrain_save_trained_then_export_the_trained_weights(tmp_path, capsys):
+    from pathlib import Path
+
+    from lightning_lottery.cli import main
+
+    smoke = str(Path(__file__).resolve().parents[1] / "recipes" / "lenet300_digits_smoke.yaml")
+    out = tmp_path / "exp"
+    assert main(["find", "--config", smoke, "--lottery.out_dir", str(out), "--lottery.levels", "1",
+                 "--trainer.max_steps", "10", "--lottery.val_every_n_steps", "10", "--quiet", "true"]) == 0
+    ticket_file = out / "replicate_0" / "ticket" / "level_01" / "ticket.safetensors"
+    with pytest.raises(SystemExit):  # a wrong path is one error before anything is trained
+        main(["retrain", "--config", smoke, "--ticket", str(ticket_file), "--save_trained", str(tmp_path / "t.pt")])
+    assert "--save_trained must name a .safetensors file" in capsys.readouterr().err
+    trained = tmp_path / "trained.safetensors"
+    assert main(["retrain", "--config", smoke, "--ticket", str(ticket_file), "--trainer.max_steps", "5",
+                 "--quiet", "true", "--wandb.enabled", "false", "--save_trained", str(trained)]) == 0
+    saved, start = Ticket.load(trained), Ticket.load(ticket_file)
+    assert saved.metadata["trained"] == "true" and any(k.startswith("metric/") for k in saved.metadata)
+    assert all(saved.mask[n].equal(start.mask[n]) for n in start.mask)  # the ticket's mask, new weights
+    assert any(not saved.state[n].equal(start.state[n]) for n in start.mask)
+    assert all(bool((saved.state[n][~saved.mask[n]] == 0).all()) for n in saved.mask)
+    capsys.readouterr()
+    assert main(["export", str(trained), "--experiment", str(out), "--format", "compact", "--onnx", "false"]) == 0
+    assert f"trained weights of {trained}" in capsys.readouterr().out
+    from lightning_lottery.export.commands import load_source
+
+    model, mask, _ = load_source(trained, experiment=out)
+    assert_same(model, mask, load_export(tmp_path / "export_compact"), (64,))
+
+
+def test_benchmark_experiment_records_measurements_for_the_report_and_wandb(tmp_path, capsys):
+    from pathlib import Path
+
+    from lightning_lottery import measured
+    from lightning_lottery.cli import main
+    from lightning_lottery.store import ExperimentStore
+    from lightning_lottery.tracking import WandbSettings, WandbTracker, read_offline_run
+
+    smoke = str(Path(__file__).resolve().parents[1] / "recipes" / "lenet300_digits_smoke.yaml")
+    out = tmp_path / "exp"
+    assert main(["find", "--config", smoke, "--lottery.out_dir", str(out), "--lottery.levels", "2",
+                 "--trainer.max_steps", "10", "--lottery.val_every_n_steps", "10", "--quiet", "true"]) == 0
+    assert "measured speedup" not in (out / "report" / "summary.csv").read_text().replace("_", " ")
+    capsys.readouterr()
+    assert main(["benchmark", str(out), "--batch_sizes", "[4]", "--threads", "[1]", "--rounds", "2"]) == 0
+    assert "recorded in" in capsys.readouterr().out
+    entries = measured.read(out)
+    assert [(e["branch"], e["level"], e["format"]) for e in entries] == [("ticket", 1, "sparse"), ("ticket", 2, "sparse")]
+    assert {r["variant"] for r in entries[0]["rows"]} == {"dense", "masked", "sparse"} and entries[0]["machine"]["torch"]
+    # the report's table: measured next to theoretical
+    assert main(["report", str(out)]) == 0
+    csv_text = (out / "report" / "summary.csv").read_text()
+    header = csv_text.splitlines()[0].split(",")
+    assert header.index("measured_speedup") == header.index("speedup") + 1
+    html = (out / "report" / "report.html").read_text()
+    assert "theoretical speedup</th><th data-key=\"measured_speedup\">measured speedup</th>" in html
+    ticket_rows = [line for line in csv_text.splitlines()[1:] if line.startswith("ticket,1,") or
+                   line.startswith("ticket,2,")]
+    assert len(ticket_rows) == 2 and all(line.split(",")[header.index("measured_speedup")] for line in ticket_rows)
+    # benchmarking an export of a run records it too (replacing that run's entry of the same format)
+    capsys.readouterr()
+    level1 = out / "replicate_0" / "ticket" / "level_01"
+    assert main(["export", str(level1), "--format", "compact", "--onnx", "false"]) == 0
+    assert main(["benchmark", str(level1 / "export_compact"), "--batch_sizes", "[4]", "--threads", "[1]",
+                 "--rounds", "2"]) == 0
+    assert len(measured.read(out)) == 3
+    # the W&B summary run gets the measurements as a table
+    store = ExperimentStore(out)
+    settings = WandbSettings(project="lottery-tests", mode="offline", dir=str(tmp_path / "wb"))
+    WandbTracker(settings, "exp", "h", {}, out, store).finish_experiment(store.results())
+    (run_dir,) = sorted((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    run = read_offline_run(run_dir)
+    logged = {k: v for row in [run.summary, *run.history] for k, v in row.items()}
+    columns, data = measured.measurement_rows(measured.read(out))
+    assert run.job_type == "summary" and logged["measured_speedup/_type"] == "table-file"
+    assert logged["measured_speedup/nrows"] == len(data) == 9
+
+
+def test_compact_export_fuses_linear_relu_runs_with_the_same_outputs(tmp_path):
+    from lightning_lottery.export.layers import LinearStack
+
+    model = lenet()
+    mask = random_mask(model, 0.5)
+    out, report, shape = export_model(model, mask, "compact", (64,))
+    stacks = [m for m in out.modules() if isinstance(m, LinearStack)]
+    assert len(stacks) == 1 and stacks[0].relu == [True, True, False]  # fc1-relu-fc2-relu-fc3 in one module
+    assert_same(model, mask, out, shape)
+    save_export(out, tmp_path, input_shape=shape, onnx=False)
+    assert_same(model, mask, load_export(tmp_path), shape)
+    conv = randomize(ConvNet("conv2", in_channels=2, image_size=8))
+    cmask = random_mask(conv, 0.6)
+    cout, _, cshape = export_model(conv, cmask, "compact", (2, 8, 8))
+    assert any(isinstance(m, LinearStack) for m in cout.modules())
+    assert_same(conv, cmask, cout, cshape)

@@ -182,3 +182,120 @@ def test_smoke_recipe_structured_end_to_end_and_compact_export(tmp_path):
     from lightning_lottery.export.chain import masked_copy
 
     assert (small(x) - masked_copy(model, ticket_mask)(x)).abs().max().item() <= 1e-5
+
+
+# ---------------------------------------------------------------------------------------------- 2:4 (mask_type)
+
+
+def test_project_2_4_keeps_the_two_largest_alive_per_block_and_never_revives():
+    from lightning_lottery.structured import is_2_4, project_2_4
+
+    scores = {"w": torch.tensor([[1.0, 4.0, 3.0, 2.0, 9.0, 8.0, 7.0], [5.0, 5.0, 5.0, 5.0, 1.0, 0.0, 2.0]])}
+    mask = {"w": torch.ones(2, 7, dtype=torch.bool)}
+    mask["w"][0, 1] = False  # pruned: never revived, never counted
+    out = project_2_4(mask, scores)["w"]
+    assert out.tolist() == [[False, False, True, True, True, True, False],  # 3, 2 (4 is pruned); tail 9, 8
+                            [True, True, False, False, True, False, True]]  # ties: lower index; tail 1, 2
+    assert is_2_4({"w": out}) and not is_2_4(mask)
+    conv = {"c": torch.ones(3, 2, 3, 3, dtype=torch.bool)}  # fan-in 18 = 4 blocks of 4 and one of 2
+    projected = project_2_4(conv, {"c": torch.rand(3, 2, 3, 3, generator=torch.Generator().manual_seed(0))})
+    assert is_2_4(projected) and int(projected["c"].sum()) == 3 * (4 * 2 + 2)
+    assert project_2_4(projected, {"c": torch.rand(3, 2, 3, 3)})["c"].equal(projected["c"])  # a 2:4 mask is kept
+
+
+def test_prune_with_mask_type_2_4_every_level_and_errors():
+    from lightning_lottery.structured import is_2_4
+
+    g = torch.Generator().manual_seed(0)
+    shapes = {"a.weight": (16, 12), "out.weight": (4, 16)}
+    scores = {n: torch.rand(s, generator=g) for n, s in shapes.items()}
+    mask = ones(shapes)
+    for _ in range(4):
+        new = pruning.prune(scores, mask, 0.2, mask_type="2:4")
+        assert is_2_4(new) and all(bool((new[n] <= mask[n]).all()) for n in new)
+        mask = new
+    assert is_2_4(pruning.prune_to(scores, ones(shapes), 0.3, mask_type="2:4"))
+    with pytest.raises(pruning.PruningError, match="mask_type"):
+        pruning.prune(scores, mask, 0.2, mask_type="1:4")
+    assert LotteryConfig(mask_type="2:4").mask_type == "2:4"
+    for bad in ({"mask_type": "4:8"}, {"mask_type": "2:4", "structure": "units"},
+                {"mask_type": "2:4", "controls": ["random_mask"]}):
+        with pytest.raises(ValueError, match="lottery.mask_type"):
+            LotteryConfig(**bad)
+
+
+def test_smoke_recipe_search_with_2_4_masks_and_the_projected_export(tmp_path):
+    from pathlib import Path
+
+    from lightning_lottery.cli import main
+    from lightning_lottery.export.chain import masked_copy
+    from lightning_lottery.export.commands import load_source
+    from lightning_lottery.export.semistructured import cuda_2_4_available, project_model
+    from lightning_lottery.masks import load_mask
+    from lightning_lottery.structured import is_2_4
+
+    smoke = str(Path(__file__).resolve().parents[1] / "recipes" / "lenet300_digits_smoke.yaml")
+    out = tmp_path / "exp"
+    assert main(["find", "--config", smoke, "--lottery.out_dir", str(out), "--lottery.levels", "2",
+                 "--lottery.mask_type", "2:4", "--trainer.max_steps", "10", "--lottery.val_every_n_steps", "10",
+                 "--quiet", "true"]) == 0
+    for level in (1, 2):
+        mask = load_mask(out / "replicate_0" / "ticket" / f"level_{level:02d}" / "mask.safetensors")
+        assert is_2_4(mask)
+    model, ticket_mask, _ = load_source(out / "replicate_0" / "ticket" / "level_02")
+    projected, new_mask, report = project_model(model, ticket_mask)
+    assert report["mask_was_2_4"] and report["alive_before"] == report["alive_after"]
+    assert all(new_mask[n].equal(ticket_mask[n]) for n in ticket_mask)
+    x = torch.randn(5, 64)
+    assert (projected(x) - masked_copy(model, ticket_mask)(x)).abs().max().item() <= 1e-5
+    if not cuda_2_4_available()[0]:
+        from lightning_lottery.export.commands import export_model
+        from lightning_lottery.export.layers import UnsupportedModelError
+
+        with pytest.raises(UnsupportedModelError, match="--format 2:4 needs a GPU"):
+            export_model(model, ticket_mask, "2:4", (64,))
+
+
+def test_2_4_export_runs_semi_structured_on_a_gpu():
+    from lightning_lottery.export.semistructured import cuda_2_4_available, project_model, to_semi_structured
+
+    ok, why = cuda_2_4_available()
+    if not ok:
+        pytest.skip(f"2:4 semi-structured kernels unavailable: {why}")
+    from torch import nn
+
+    net = nn.Sequential(nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
+    mask = {n: torch.ones_like(p, dtype=torch.bool) for n, p in net.named_parameters() if n.endswith("weight")}
+    projected, _, _ = project_model(net, mask)
+    fast, rows = to_semi_structured(projected)
+    assert [r["choice"] for r in rows] == ["2:4", "2:4", "dense"]  # 10 rows: not a multiple of 64
+    x = torch.randn(64, 128)
+    ref = projected.to("cuda", torch.float16)(x.to("cuda", torch.float16))
+    with torch.no_grad():
+        assert (fast(x.to("cuda", torch.float16)) - ref).abs().max().item() <= 1e-2  # float16 kernels
+
+
+def test_callback_prune_structure_units_and_2_4():
+    from conftest import TinyData, TinyMLP, make_trainer
+
+    from lightning_lottery import LotteryTicket
+    from lightning_lottery.export import compact
+    from lightning_lottery.export.chain import masked_copy
+    from lightning_lottery.structured import is_2_4
+
+    model, data = TinyMLP(), TinyData()
+    lottery = LotteryTicket(rewind_to="0it")
+    make_trainer([lottery], max_steps=3).fit(model, data)
+    mask = lottery.prune(model, rate=0.25, structure="units", unit_norm="l2")
+    assert is_unit_structured(mask)  # 16 → 12 units in both hidden layers; the 3 outputs all kept
+    assert unit_counts(mask) == {"net.0.weight": (12, 16), "net.2.weight": (12, 16), "net.4.weight": (3, 3)}
+    make_trainer([lottery], max_steps=3).fit(model, data)  # rewound, trained under the structured mask
+    assert all(bool((p.detach()[~mask[n]] == 0).all()) for n, p in model.named_parameters() if n in mask)
+    net_mask = {n[len("net."):]: m for n, m in mask.items()}  # TinyMLP is the user's own module: compact its net
+    small, report = compact(model.net, net_mask, (8,))
+    assert [r["units_kept"] for r in report["layers"]] == [12, 12, 3]
+    x = torch.randn(4, 8)
+    assert (small(x) - masked_copy(model.net, net_mask)(x)).abs().max().item() <= 1e-5
+    assert is_2_4(lottery.prune(model, rate=0.2, mask_type="2:4"))
+    with pytest.raises(pruning.PruningError, match="structure"):
+        lottery.prune(model, rate=0.2, structure="rows")

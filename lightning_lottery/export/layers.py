@@ -22,8 +22,8 @@ from torch import Tensor, nn
 
 from lightning_lottery.masks import MaskError
 
-__all__ = ["LAYER_ARGS", "FeatureMajorLinear", "FromFeatureMajor", "Select", "SparseLinear", "ToFeatureMajor",
-           "UnsupportedModelError", "build", "describe"]
+__all__ = ["LAYER_ARGS", "FeatureMajorLinear", "FromFeatureMajor", "LinearStack", "Select", "SparseLinear",
+           "ToFeatureMajor", "UnsupportedModelError", "build", "describe", "fuse_linear_relu"]
 
 
 class UnsupportedModelError(MaskError):
@@ -56,6 +56,11 @@ class Select(nn.Module):
         return f"dim={self.dim}, size={self.size}"
 
 
+#: CSR index dtype: int32, MKL's LP64 index type. torch hands int64 indices to MKL as an int32 copy made at every
+#: call, which cost fc1 of the default ticket more than half its sparse time (docs/performance.md, "Export").
+_INDEX = torch.int32
+
+
 class SparseLinear(nn.Module):
     """A Linear layer whose weight is a ``torch.sparse_csr`` matrix: ``y = x Wᵀ + b`` as ``addmm(b, W, xᵀ)ᵀ``.
 
@@ -76,8 +81,8 @@ class SparseLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.feature_major = bool(feature_major)  # inputs [features, batch] (see ToFeatureMajor), outputs too
-        self.register_buffer("crow_indices", torch.zeros(self.out_features + 1, dtype=torch.long))
-        self.register_buffer("col_indices", torch.zeros(int(nnz), dtype=torch.long))
+        self.register_buffer("crow_indices", torch.zeros(self.out_features + 1, dtype=_INDEX))
+        self.register_buffer("col_indices", torch.zeros(int(nnz), dtype=_INDEX))
         self.register_buffer("values", torch.zeros(int(nnz)))
         self.bias = nn.Parameter(torch.zeros(self.out_features)) if bias else None
         self._csr: Tensor | None = None
@@ -90,8 +95,9 @@ class SparseLinear(nn.Module):
             csr = linear.weight.detach().to_sparse_csr()
         out = cls(linear.in_features, linear.out_features, linear.bias is not None, int(csr.values().numel()),
                   feature_major)
-        out.crow_indices.copy_(csr.crow_indices())
-        out.col_indices.copy_(csr.col_indices())
+        index = _INDEX if csr.values().numel() < 2 ** 31 else torch.long
+        out.crow_indices = csr.crow_indices().to(index)
+        out.col_indices = csr.col_indices().to(index)
         out.values = csr.values().clone().to(linear.weight.dtype)
         if linear.bias is not None:
             assert out.bias is not None
@@ -103,7 +109,7 @@ class SparseLinear(nn.Module):
         return int(self.values.numel())
 
     def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
-        for key in ("col_indices", "values"):  # their length is the number of nonzeros: take the stored one
+        for key in ("crow_indices", "col_indices", "values"):  # the stored length (nnz) and index dtype
             if prefix + key in state_dict:
                 setattr(self, key, torch.empty_like(state_dict[prefix + key]))
         self._csr = None
@@ -160,6 +166,71 @@ class FeatureMajorLinear(nn.Linear):
         return torch.mm(self.weight, x)
 
 
+class LinearStack(nn.Module):
+    """A run of Linear layers, each optionally followed by ReLU, as one module: ``addmm(b, x, Wᵀ)`` on weights
+    stored transposed (``[in, out]``, contiguous) and ReLU in place. It computes what the run computes, without a
+    module call, ``F.linear``'s transposition and a ReLU allocation per layer: at batch 1 that overhead is most of
+    a small compacted network's time (docs/performance.md, "Export").
+
+    Example:
+        >>> run = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+        >>> x = torch.randn(5, 4)
+        >>> bool(torch.allclose(fuse_linear_relu(run)(x), run(x), atol=1e-6))
+        True
+    """
+
+    def __init__(self, sizes: list[int] | tuple[int, ...] = (1, 1), relu: list[bool] | tuple[bool, ...] = (False,)):
+        super().__init__()
+        self.sizes, self.relu = [int(n) for n in sizes], [bool(r) for r in relu]
+        for i, (a, b) in enumerate(zip(self.sizes, self.sizes[1:])):
+            self.register_buffer(f"weight_t{i}", torch.zeros(a, b))
+            self.register_buffer(f"bias{i}", torch.zeros(b))
+        self._steps = [(f"weight_t{i}", f"bias{i}", r) for i, r in enumerate(self.relu)]  # names, looked up per call
+
+    @classmethod
+    def from_layers(cls, layers: list[tuple[nn.Linear, bool]]) -> LinearStack:
+        out = cls([layers[0][0].in_features] + [m.out_features for m, _ in layers], [r for _, r in layers])
+        for i, (m, _) in enumerate(layers):
+            getattr(out, f"weight_t{i}").copy_(m.weight.detach().t())
+            if m.bias is not None:
+                getattr(out, f"bias{i}").copy_(m.bias.detach())
+        return out.to(layers[0][0].weight.dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        buffers = self._buffers  # not nn.Module.__getattr__: this forward is per-call overhead and little else
+        h = x if x.dim() == 2 else x.reshape(-1, self.sizes[0])
+        for weight, bias, relu in self._steps:
+            h = torch.addmm(buffers[bias], h, buffers[weight])  # type: ignore[arg-type]
+            if relu:
+                h = h.relu_()
+        return h if x.dim() == 2 else h.reshape(*x.shape[:-1], self.sizes[-1])
+
+    def extra_repr(self) -> str:
+        return f"sizes={self.sizes}, relu={self.relu}"
+
+
+def fuse_linear_relu(seq: nn.Sequential) -> nn.Sequential:
+    """``seq`` with every run of ``nn.Linear`` (each optionally followed by ``nn.ReLU``) as one :class:`LinearStack`
+    (named after the run's first layer); other layers unchanged (the same modules)."""
+    from collections import OrderedDict
+
+    children = list(seq.named_children())
+    out: OrderedDict[str, nn.Module] = OrderedDict()
+    i = 0
+    while i < len(children):
+        run, first = [], children[i][0]
+        while i < len(children) and type(children[i][1]) is nn.Linear:
+            relu = i + 1 < len(children) and type(children[i + 1][1]) is nn.ReLU
+            run.append((children[i][1], relu))
+            i += 2 if relu else 1
+        if run:
+            out[first] = LinearStack.from_layers(run)  # type: ignore[arg-type]
+        else:
+            out[children[i][0]] = children[i][1]
+            i += 1
+    return nn.Sequential(out).eval()
+
+
 #: Layer types an exported chain may contain, with the attributes that rebuild them (the constructor's arguments).
 _CONV = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias", "padding_mode")
 _BN = ("num_features", "eps", "momentum", "affine", "track_running_stats")
@@ -203,6 +274,8 @@ def describe(module: nn.Module, name: str = "") -> dict[str, Any]:
         return {"type": "SparseLinear", "args": {"in_features": module.in_features, "out_features": module.out_features,
                                                  "bias": module.bias is not None, "nnz": module.nnz,
                                                  "feature_major": module.feature_major}}
+    if type(module) is LinearStack:
+        return {"type": "LinearStack", "args": {"sizes": module.sizes, "relu": module.relu}}
     if type(module) in (ToFeatureMajor, FromFeatureMajor):
         return {"type": type(module).__name__, "args": {}}
     if type(module) is FeatureMajorLinear:
@@ -230,7 +303,8 @@ def build(spec: dict[str, Any]) -> nn.Module:
         return Select(args.get("dim", 1), size=args.get("size", 0))
     if kind == "SparseLinear":
         return SparseLinear(**args)
-    extra = {"ToFeatureMajor": ToFeatureMajor, "FromFeatureMajor": FromFeatureMajor, "FeatureMajorLinear": FeatureMajorLinear}
+    extra = {"LinearStack": LinearStack, "ToFeatureMajor": ToFeatureMajor, "FromFeatureMajor": FromFeatureMajor,
+             "FeatureMajorLinear": FeatureMajorLinear}
     if kind in extra:
         return extra[kind](**args)
     if kind not in LAYER_ARGS:

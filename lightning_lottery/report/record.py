@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning_lottery import measured
 from lightning_lottery.branches import main_branch_of
 from lightning_lottery.store import ExperimentStore, Progress
 
@@ -48,7 +49,7 @@ def load_experiment(experiment_dir: str | os.PathLike) -> ExperimentRecord:
     meta = store.read_experiment() or {}
     if not meta:
         notes.append("experiment.json is missing: no experiment id or configuration to show.")
-    rows = store.results()
+    rows = measured.merge(store.results(), measured.read(root))  # measured speedups (lightning-lottery benchmark)
     progress = store.progress() if store.finished_runs() else None
     if progress is not None and not progress.complete:
         notes.insert(0, f"This experiment is {progress.describe()}: the figures and tables show the finished runs "

@@ -22,16 +22,19 @@ _TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("remaining", "% remaining"),
     ("compression", "compression (total/alive)"),
     ("speedup", "theoretical speedup"),
+    ("measured_speedup", "measured speedup"),
     ("test_acc", "test acc (%)"),
     ("early_stop_iter", "early-stop iteration"),
     ("early_stop_test_acc", "test acc at early stop (%)"),
     ("early_bird_step", "early-bird step"),
     ("steps_saved", "steps saved"),
 )
-_TABLE_METRICS = ("remaining", "compression", "speedup", "test_acc", "early_stop_iter", "early_stop_test_acc",
-                  "early_bird_step", "steps_saved")
-#: Columns shown only when some run has them (``lottery.early_bird``).
-_OPTIONAL_COLUMNS = ("early_bird_step", "steps_saved")
+_TABLE_METRICS = ("remaining", "compression", "speedup", "measured_speedup", "test_acc", "early_stop_iter",
+                  "early_stop_test_acc", "early_bird_step", "steps_saved")
+#: Shown without a CI (exact per run, or one measurement per run).
+_NO_CI = ("remaining", "compression", "speedup", "measured_speedup")
+#: Columns shown only when some run has them (``measurements.json``; ``lottery.early_bird``).
+_OPTIONAL_COLUMNS = ("measured_speedup", "early_bird_step", "steps_saved")
 
 
 def _row_speedup(row: Mapping[str, Any], costs: Mapping[str, Mapping[str, int]]) -> float | None:
@@ -45,8 +48,10 @@ def _row_speedup(row: Mapping[str, Any], costs: Mapping[str, Mapping[str, int]])
 def summary_table(rows: Sequence[Mapping[str, Any]], costs: Mapping[str, Mapping[str, int]] | None = None
                   ) -> list[dict[str, Any]]:
     """One row per (branch, level): ``n`` and, for each of remaining, compression (total / alive), theoretical
-    speedup (only with ``costs``), test_acc, early_stop_iter, early_stop_test_acc, early_bird_step and steps_saved
-    (``lottery.early_bird``; ``None`` without it), the mean over replicates
+    speedup (only with ``costs``), measured speedup (only where rows carry ``measured_speedup``, merged from
+    ``measurements.json`` by :func:`lightning_lottery.measured.merge`: the exported model against dense, the largest
+    batch measured, fewest threads), test_acc, early_stop_iter, early_stop_test_acc, early_bird_step and
+    steps_saved (``lottery.early_bird``; ``None`` without it), the mean over replicates
     (``<metric>``) and the 95% CI half-width (``<metric>_ci95``), in the units of ``results.json``.
 
     Example:
@@ -64,7 +69,9 @@ def summary_table(rows: Sequence[Mapping[str, Any]], costs: Mapping[str, Mapping
         if costs is not None:
             extra["speedup"] = _row_speedup(row, costs)
         augmented.append({**row, **extra})
-    metrics = [m for m in _TABLE_METRICS if costs is not None or m != "speedup"]
+    measured = any(r.get("measured_speedup") is not None for r in rows)
+    metrics = [m for m in _TABLE_METRICS if (costs is not None or m != "speedup")
+               and (measured or m != "measured_speedup")]
     out = []
     for stats in aggregate(augmented, metrics=metrics):
         entry: dict[str, Any] = {"branch": stats["branch"], "level": stats["level"], "n": stats["n"]}
@@ -83,7 +90,7 @@ def _fmt_number(key: str, value: float | None) -> str:
         return f"{100 * value:.2f}"
     if key in ("early_stop_iter", "early_bird_step", "steps_saved"):
         return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
-    if key in ("compression", "speedup"):
+    if key in ("compression", "speedup", "measured_speedup"):
         return "∞" if math.isinf(value) else f"{value:.2f}"
     return str(value)
 
@@ -92,12 +99,13 @@ def _fmt_cell(key: str, entry: Mapping[str, Any]) -> str:
     """The shown cell: the mean, ``± CI`` for the measured metrics."""
     text = _fmt_number(key, entry.get(key))
     ci = entry.get(f"{key}_ci95")
-    if ci is not None and entry.get(key) is not None and key not in ("remaining", "compression", "speedup"):
+    if ci is not None and entry.get(key) is not None and key not in _NO_CI:
         text += f" ± {_fmt_number(key, ci)}"
     return text
 
 
 def _table_columns(with_speedup: bool, table: Sequence[Mapping[str, Any]] = ()) -> list[tuple[str, str]]:
+    """The columns shown: theoretical speedup ``with_speedup``; the optional ones when some row has them."""
     present = {k for k in _OPTIONAL_COLUMNS if any(entry.get(k) is not None for entry in table)}
     return [(k, h) for k, h in _TABLE_COLUMNS
             if (with_speedup or k != "speedup") and (k not in _OPTIONAL_COLUMNS or k in present)]

@@ -211,6 +211,7 @@ class WandbTracker:
         figures."""
         import wandb
 
+        from lightning_lottery import measured
         from lightning_lottery.aggregate import aggregate
 
         columns = ["branch", "replicate", "level", "remaining_pct", "test_acc", "early_stop_iter",
@@ -249,6 +250,10 @@ class WandbTracker:
                     [[o["overlap"] for o in overlap], [o["random_expected"] for o in overlap]],
                     keys=["between replicates", "random masks (expected)"], xname="level",
                     title=f"{self.main_branch} mask overlap between replicates |m1∧m2|/|m1| per level")
+            measurements = measured.read(self.store.root)  # lightning-lottery benchmark's, when run before
+            if measurements:
+                m_columns, m_data = measured.measurement_rows(measurements)
+                payload["measured_speedup"] = wandb.Table(columns=m_columns, data=m_data)
             for key, path in (images or {}).items():
                 payload[f"report/{key}"] = wandb.Image(str(path))
             run.log(payload)
