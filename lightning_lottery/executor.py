@@ -38,6 +38,7 @@ from lightning_lottery.masks import Mask, count_alive, count_total, layer_counts
 from lightning_lottery.plan import Run
 from lightning_lottery.result import RunResult
 from lightning_lottery.rewind import RewindState, cpu_copy
+from lightning_lottery.snapshots import RewindSnapshots
 from lightning_lottery.stability import Stability
 from lightning_lottery.store import LevelInfo
 
@@ -181,19 +182,22 @@ class Executor:
             self.on_event(event, run)
 
     def execute(self, run: Run, mask: Mask, start: RewindState | None, *, seed: int, max_steps: int | None,
-                info: LevelInfo, loggers: list[Logger], progress: Callback, keep_final_state: bool) -> Trained:
+                info: LevelInfo, loggers: list[Logger], progress: Callback, keep_final_state: bool,
+                snapshots: Mapping[str, Path] | None = None) -> Trained:
         """Fit ``run`` from ``start`` (``None``: the model as it is) with ``mask``, resuming its checkpoint if one
-        exists; test the final weights and those at the early-stopping iteration."""
+        exists; test the final weights and those at the early-stopping iteration. ``snapshots``: rewind step → file
+        of the training-state copies written meanwhile (:class:`~lightning_lottery.snapshots.RewindSnapshots`)."""
         cfg = self.config
         began = time.perf_counter()
-        lottery = LotteryTicket(mask, rewind_to=cfg.rewind_to, include=cfg.include, exclude=cfg.exclude,
+        lottery = LotteryTicket(mask, rewind_to=cfg.level0_rewind_to, include=cfg.include, exclude=cfg.exclude,
                                 rewind_point=start)
         lottery.level = run.level
         history = ValidationHistory()
         resume = info.directory / "checkpoints" / "last.ckpt"
         every = cfg.checkpoint_every_n_steps or (10 * cfg.val_every_n_steps if cfg.val_every_n_steps else None)
         last = ResumeCheckpoint(resume, every, cfg.val_every_n_steps)  # after `history`: it sees the validation
-        trainer = self._trainer(info, [lottery, history, last, progress], loggers, max_steps)
+        own = [lottery, *([RewindSnapshots(snapshots)] if snapshots else []), history, last, progress]
+        trainer = self._trainer(info, own, loggers, max_steps)
         self.emit("trainer_made", run)
 
         pl.seed_everything(seed, workers=True, verbose=False)

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 import lightning.pytorch as pl
 import torch
 
-from lightning_lottery import branches, distributed, launch, pruning, saliency, tracking
+from lightning_lottery import branches, distributed, launch, pruning, saliency, stability, tracking
 from lightning_lottery.config import LotteryConfig
 from lightning_lottery.criteria import criterion_info, get_criterion
 from lightning_lottery.executor import EventHandler, Executor
@@ -29,6 +29,7 @@ from lightning_lottery.preflight import Preflight, PreflightError, check_initial
 from lightning_lottery.pruning import PruningError
 from lightning_lottery.progress import ExperimentProgress, format_table, lightning_banners_off
 from lightning_lottery.rewind import RewindState, cpu_copy, fresh_initialization
+from lightning_lottery.stability import AUTO, RewindChoice
 from lightning_lottery.store import ExperimentStore, LevelInfo, config_hash
 from lightning_lottery.ticket import Ticket
 from lightning_lottery.tracking import LoggerFactory, WandbSettings, WandbTracker
@@ -104,8 +105,11 @@ class PruningScheduler:
         self.experiment_id = ""
         cfg = self.config
         self.plan = Plan(cfg.levels, len(cfg.replicate_seeds), branches.main_line(cfg.rewind).name, tuple(cfg.controls),
-                         cfg.stability.levels if cfg.stability is not None else ())
-        self.seeds = Seeds(tuple(cfg.replicate_seeds))
+                         cfg.stability.levels if cfg.stability is not None else (),
+                         cfg.stability.at if cfg.stability is not None else (),
+                         cfg.stability.choose_level if cfg.stability is not None and cfg.rewind_to == AUTO else None)
+        self.seeds = Seeds(tuple(cfg.replicate_seeds), self.plan.stability_at)
+        self._choices: dict[int, RewindChoice] = {}  # rewind_to: auto, per replicate (rank 0)
         self.executor = Executor(model, datamodule, cfg, self.trainer_kwargs, on_event)
         self._theta0 = cpu_copy(model.state_dict())
         self._tracker: WandbTracker | None = None
@@ -198,9 +202,13 @@ class PruningScheduler:
                 max_steps=max_steps, info=info, progress=progress.callback(), settings=self.config.stability,
                 loggers=loggers)
         else:
+            snapshots = {at: self.store.snapshot_file(run.replicate, at) for at in self.plan.stability_at
+                         } if is_main_line and run.level == 0 else {}  # θk of every stability.at, copied meanwhile
             trained = self.executor.execute(run, mask, start, seed=seed, max_steps=max_steps, info=info,
                                             loggers=loggers, progress=progress.callback(),
-                                            keep_final_state=self._keeps_final_state(run))
+                                            keep_final_state=self._keeps_final_state(run), snapshots=snapshots)
+            if main:
+                self.store.record_produced(snapshots.values())
         if main and is_main_line and run.level == 0:
             self.store.save_rewind_point(run.replicate, trained.rewind_point)
         if main and trained.final_state is not None:
@@ -235,17 +243,45 @@ class PruningScheduler:
         if run.level == 0:
             mask = {n: m.cpu() for n, m in ones_mask(prunable_parameters(self.model, cfg.include, cfg.exclude)).items()}
             self.store.save_mask(run, mask)
-            return mask, self.store.load_rewind_point(run.replicate) if run.branch == STABILITY else None
+            return mask, self._rewind_point(run) if run.branch == STABILITY else None
         branch = branches.get(run.branch)
         inputs = branches.Inputs(
             run=run, seeds=self.seeds, mask=self.store.load_mask(self.plan.main_run(run.replicate, run.level)),
-            rewind_point=self.store.load_rewind_point(run.replicate),
+            rewind_point=self._rewind_point(run),
             trained=lambda level: self.store.load_final_state(self.plan.main_run(run.replicate, level)),
             fresh_init=self._fresh_init, score=get_criterion(cfg.criterion), structure=cfg.structure)
         state, mask = branch.start(inputs), branch.mask(inputs)
         if not branch.is_main_line:
             self.store.save_mask(run, mask)
         return mask, state
+
+    def _rewind_point(self, run: Run) -> RewindState:
+        """The state a run at level ≥ 1 (or a stability run) rewinds to: θk of its step for a stability run at one of
+        several steps, the chosen θk with ``rewind_to: auto``, else the replicate's rewind point."""
+        if run.branch == STABILITY and run.at:
+            return self.store.load_snapshot(run.replicate, run.at)
+        if self.plan.choose is not None and run.branch != STABILITY:
+            return self.store.load_snapshot(run.replicate, self._choice(run.replicate).at)
+        return self.store.load_rewind_point(run.replicate)
+
+    def _choice(self, replicate: int) -> RewindChoice:
+        """``rewind_to: auto``: the replicate's rewind step, from its stability runs at the choosing level (rank 0);
+        written to ``rewind_choice.json`` and said once per process."""
+        if replicate not in self._choices:
+            st = self.config.stability
+            assert st is not None and self.plan.choose is not None
+            rows = [self.store.read_metrics(r) for r in self.plan.stability_runs(replicate, self.plan.choose)]
+            choice = stability.choose_rewind([(r.at, int(row["rewind_step"]), row.get("barrier_test_err")) for r, row
+                                              in zip(self.plan.stability_runs(replicate, self.plan.choose), rows)],
+                                             st.max_barrier, self.plan.choose)
+            self.store.save_choice(replicate, choice.to_dict())
+            self._choices[replicate] = choice
+            text = f"[lottery] replicate {replicate}: {choice.describe()}"
+            if choice.stable:
+                self._say(text)
+            else:  # never silent, even when quiet
+                print(text, file=self.stream or sys.stderr, flush=True)
+        return self._choices[replicate]
 
     def _next_mask(self, mask: Mask, run: Run) -> Mask:
         cfg = self.config
@@ -331,6 +367,9 @@ class PruningScheduler:
 
     def _finish(self, trained_any: bool) -> list[dict[str, Any]]:
         """Results table, aggregate, report and the W&B summary."""
+        for replicate in range(self.plan.replicates) if self.plan.choose is not None else ():  # said on every run
+            if all(self.store.is_done(r) for r in self.plan.stability_runs(replicate, self.plan.choose)):
+                self._choice(replicate)
         rows = self.store.results()
         fresh = not trained_any and self.store.has_aggregate()
         if not fresh:  # derived files are rebuilt only when something new was trained
