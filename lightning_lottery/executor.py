@@ -302,7 +302,7 @@ class Executor:
             branch=run.branch, replicate=run.replicate, seed=seeds[0], level=run.level, remaining=first.remaining,
             alive=first.alive, total=first.total, test_acc=mean("test_acc"), test_loss=mean("test_loss"),
             steps=first.steps, wall_s=round(time.perf_counter() - began, 3), rewind_step=first.rewind_step,
-            layers=first.layers, stability_curve=curve, **stability.summarize(curve))
+            layers=first.layers, at=run.at or None, stability_curve=curve, **stability.summarize(curve))
         return Trained(result, start, None, loggers)
 
     def _interpolation(self, run: Run, states: list[dict[str, torch.Tensor]], info: LevelInfo, settings: Stability

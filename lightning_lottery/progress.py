@@ -166,9 +166,10 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
         "level", "% remaining", "test acc", "early-stop it", "acc @ early stop", "wall s")
     lines = [header]
     for r in rows:
-        lead = (str(r["branch"]), str(r["replicate"])) if several else ()
+        lead = (str(r["branch"]) + (f" {r['at']}" if r.get("at") else ""), str(r["replicate"])) if several else ()
         lines.append(lead + (str(r["level"]), f"{100 * r['remaining']:.1f}", _fmt(r.get("test_acc")),
-                             str(r.get("early_stop_iter")), _fmt(r.get("early_stop_test_acc")),
+                             "—" if r.get("early_stop_iter") is None else str(r["early_stop_iter"]),
+                             _fmt(r.get("early_stop_test_acc")),
                              f"{r.get('wall_s', 0):.1f}"))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = ["  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in lines]

@@ -193,7 +193,7 @@ class PruningScheduler:
         max_steps = None if run.level == 0 and run.branch != STABILITY else distributed.on_main(
             lambda: int(self.store.read_metrics(self.plan.main_run(run.replicate, 0))["steps"]))
         info = LevelInfo(run.level, self.config.levels, remaining(mask), run_dir, self.experiment_id, run.branch,
-                         run.replicate, seed)
+                         run.replicate, seed, run.at)
         loggers = tracking.make_loggers(self.logger, info, self._tracker)
         if run.branch == STABILITY:  # two copies from the ticket, then their interpolation
             assert start is not None and self.config.stability is not None

@@ -100,8 +100,11 @@ class WandbTracker:
         config = {**self.config, "level": info.level, "branch": info.branch, "replicate": info.replicate,
                   "remaining": info.remaining, "remaining_pct": 100.0 * info.remaining,
                   "experiment_id": self.experiment_id, "experiment_hash": self.experiment_hash}
-        name = run_name(info.branch, info.level, info.remaining, info.replicate)
-        rid = run_id(self.experiment_id, info.branch, info.replicate, info.level)
+        name = run_name(info.branch, info.level, info.remaining, info.replicate) + (f" k={info.at}" if info.at else "")
+        rid = run_id(self.experiment_id, f"{info.branch}-{info.at}" if info.at else info.branch, info.replicate,
+                     info.level)
+        if info.at:
+            config["stability_at"] = info.at
         run = wandb.init(name=name, id=rid, resume="allow", job_type=info.branch, config=config,
                          **self._init_kwargs())
         # what Lightning's logger defines for a run it starts itself
@@ -166,7 +169,7 @@ class WandbTracker:
         from lightning_lottery.masks import checksum, load_mask
         from lightning_lottery.plan import Run
 
-        run = Run(int(row["replicate"]), str(row["branch"]), int(row["level"]))
+        run = Run(int(row["replicate"]), str(row["branch"]), int(row["level"]), str(row.get("at") or ""))
         out: list[tuple[Any, list[str]]] = []
         own_mask = self.store.mask_file(run)
         mask_sum = checksum(load_mask(own_mask)) if own_mask.is_file() else None
