@@ -19,9 +19,12 @@ from lightning_lottery.tracking.runs import (
 )
 from lightning_lottery.tracking.settings import WandbSettings
 from lightning_lottery.tracking.summary import (
+    STABILITY_COLUMNS,
     aggregate_table,
     ci_chart,
     mask_overlap_by_level,
+    stability_chart,
+    stability_table,
 )
 
 if TYPE_CHECKING:
@@ -252,6 +255,11 @@ class WandbTracker:
                     [[o["overlap"] for o in overlap], [o["random_expected"] for o in overlap]],
                     keys=["between replicates", "random masks (expected)"], xname="level",
                     title=f"{self.main_branch} mask overlap between replicates |m1∧m2|/|m1| per level")
+            curves = stability_table(rows)
+            if curves:  # the instability analysis: every curve, and test error vs α per (level, k)
+                payload["stability_curves"] = wandb.Table(columns=list(STABILITY_COLUMNS), data=curves)
+                payload["stability_test_err_vs_alpha"] = stability_chart(
+                    curves, "Test error along (1−α)·θ¹ + α·θ² per (level, k) (mean over replicates)")
             for key, path in (images or {}).items():
                 payload[f"report/{key}"] = wandb.Image(str(path))
             run.log(payload)
