@@ -106,7 +106,7 @@ def test_no_stable_k_takes_the_largest_and_says_so():
 
 # -------------------------------------------------------------------------------------------- the settings
 def test_the_rewind_steps_are_normalised_and_identify_the_experiment():
-    assert Stability(at=["2ep", "500it", "0", "500it"]).at == ("0it", "500it", "2ep")
+    assert Stability(at=["2ep", "500it", 0, "500it"]).at == ("0it", "500it", "2ep")
     assert Stability(at="100it").at == ("100it",)
     assert LotteryConfig(stability={"levels": [1], "at": ["100it"]}).identity()["stability"] == {
         "levels": [1], "at": ["100it"]}
