@@ -140,6 +140,9 @@ def _report_parser() -> ArgumentParser:
                             **_STRICT)
     parser.add_argument("experiment_dir", type=str, help="the experiment directory (lottery.out_dir)")
     parser.add_argument("--output_dir", type=Optional[str], default=None, help="default: EXPERIMENT_DIR/report")
+    parser.add_argument("--compare", type=str, nargs="+", default=None,
+                        help="other experiment directories: one figure (compare.png) of test accuracy vs % remaining "
+                             "of every experiment's main line and its random_mask / random_reinit controls")
     parser.add_argument("--wandb", type=bool, default=False, help="also publish the panels as a W&B Report")
     parser.add_argument("--project", type=Optional[str], default=None, help="W&B project (default: the recipe's)")
     parser.add_argument("--entity", type=Optional[str], default=None, help="W&B entity (default: the recipe's)")
@@ -264,9 +267,16 @@ def run_report(parser: ArgumentParser, cfg: Namespace) -> int:
     root = Path(cfg.experiment_dir)
     if not (root / "results.json").is_file():
         raise FileNotFoundError(f"{root} has no results.json (not an experiment directory?)")
+    missing = [d for d in cfg.compare or () if not (Path(d) / "results.json").is_file()]
+    if missing:
+        raise FileNotFoundError(f"--compare {missing[0]} has no results.json (not an experiment directory?)")
     html = build_report(root, cfg.output_dir)
     progress = ExperimentStore(root).progress()
     print(f"report: {html}" + ("" if progress.complete else f" ({progress.describe()}; rerun find to finish it)"))
+    if cfg.compare:
+        from lightning_lottery.report.compare import build_comparison
+
+        print(f"comparison: {build_comparison([root, *cfg.compare], Path(html).parent)}")
     if cfg.wandb:
         recipe = read_json(root / "experiment.json").get("config", {})
         project = cfg.project or recipe.get("wandb", {}).get("project") or WandbSettings().project

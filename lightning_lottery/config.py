@@ -9,7 +9,7 @@ from typing import Any, Literal, Optional
 from lightning_lottery import branches, saliency  # noqa: F401 - saliency registers the criteria snip, grasp, synflow
 from lightning_lottery.rewind import RewindStep
 from lightning_lottery.early_bird import EarlyBird
-from lightning_lottery.stability import Stability
+from lightning_lottery.stability import AUTO, Stability
 from lightning_lottery.store import config_hash
 from lightning_lottery.transfer import Transfer
 
@@ -83,7 +83,9 @@ class LotteryConfig:
         rates: per-parameter overrides of ``rate`` by fnmatch pattern, in [0, 1) (0 = never pruned), e.g.
             ``{"net.fc3.weight": 0.1}`` for the paper's output layer at half the rate.
         scope: ``"layerwise"`` (each parameter loses ``rate`` of its weights) or ``"global"`` (one threshold).
-        rewind_to: rewind point: ``"0it"`` (θ0), ``"500it"`` or ``"2ep"``.
+        rewind_to: rewind point: ``"0it"`` (θ0), ``"500it"`` or ``"2ep"``; ``"auto"``: the smallest k of
+            ``stability.at`` whose subnetwork at ``stability.choose_level`` is stable (test-error barrier at most
+            ``stability.max_barrier``), chosen per replicate before level 1 (``replicate_<r>/rewind_choice.json``).
         rewind: what the main line restarts each level from: ``full`` (weights and training state at the rewind
             point; branch ``ticket``), ``weights`` (weights at k, fresh optimizer moments; ``weights_rewind``),
             ``lr`` (the trained weights, the learning-rate schedule replayed from k; ``lr_rewind``, Renda et al.
@@ -183,9 +185,11 @@ class LotteryConfig:
         if self.scope not in ("layerwise", "global"):
             raise ValueError(f"lottery.scope must be 'layerwise' or 'global', got {self.scope!r}")
         try:
-            RewindStep.parse(self.rewind_to)
+            if self.rewind_to != AUTO:
+                RewindStep.parse(self.rewind_to)
         except ValueError as err:
-            raise ValueError(f"lottery.rewind_to: {err}") from None
+            raise ValueError(f"lottery.rewind_to: {err} (or 'auto', chosen by stability)") from None
+        self._check_auto()
         if self.rewind not in branches.rewind_modes():
             raise ValueError(f"lottery.rewind must be one of {', '.join(branches.rewind_modes())}; got {self.rewind!r}")
         unknown = [c for c in self.controls if c not in branches.control_names()]
@@ -227,6 +231,31 @@ class LotteryConfig:
         if self.transfer is not None and "oneshot" in self.controls:
             raise ValueError("lottery.controls: oneshot prunes this experiment's dense network with IMP's rates; "
                              "with lottery.transfer use random_mask and random_reinit")
+
+    def _check_auto(self) -> None:
+        st = self.stability
+        if self.rewind_to != AUTO:
+            if st is not None and (st.choose_level != 1 or st.max_barrier != 0.02):
+                raise ValueError("lottery.stability.choose_level and max_barrier choose the rewind point of "
+                                 f"rewind_to: auto; lottery.rewind_to is {self.rewind_to!r}")
+            return
+        if st is None or not st.at:
+            raise ValueError("lottery.rewind_to: auto chooses among the candidates of lottery.stability.at: give at "
+                             "least one, e.g. stability: {at: [0it, 100it, 500it], levels: [1]}")
+        if st.choose_level not in st.levels:
+            raise ValueError(f"lottery.stability.levels {list(st.levels)} must include stability.choose_level "
+                             f"{st.choose_level}: its barriers choose the rewind point of rewind_to: auto")
+        if self.levels < max(1, st.choose_level):
+            raise ValueError(f"lottery.rewind_to: auto chooses the rewind point of levels >= 1 from level "
+                             f"{st.choose_level}'s stability; lottery.levels is {self.levels}")
+        if self.rewind == "pai":
+            raise ValueError("lottery.rewind_to: auto is IMP's; pruning at initialization (rewind: pai) scores at θ0")
+
+    @property
+    def level0_rewind_to(self) -> str:
+        """The rewind point level 0 captures: ``rewind_to``, or with ``auto`` the first candidate of
+        ``stability.at`` (every candidate is copied too)."""
+        return self.stability.at[0] if self.rewind_to == AUTO and self.stability is not None else self.rewind_to
 
     def _check_structure(self) -> None:
         if self.structure not in ("unstructured", "units"):

@@ -37,6 +37,7 @@ from lightning_lottery.masks import Mask, count_alive, count_total, layer_counts
 from lightning_lottery.plan import Run
 from lightning_lottery.result import RunResult
 from lightning_lottery.rewind import RewindState, cpu_copy
+from lightning_lottery.snapshots import RewindSnapshots
 from lightning_lottery.stability import Stability
 from lightning_lottery.store import LevelInfo
 
@@ -82,13 +83,15 @@ class Executor:
 
     def execute(self, run: Run, mask: Mask, start: RewindState | None, *, seed: int, max_steps: int | None,
                 info: LevelInfo, loggers: list[Logger], progress: Callback, keep_final_state: bool,
-                early_bird: EarlyBirdWatch | None = None) -> Trained:
+                early_bird: EarlyBirdWatch | None = None, snapshots: Mapping[str, Path] | None = None) -> Trained:
         """Fit ``run`` from ``start`` (``None``: the model as it is) with ``mask``, resuming its checkpoint if one
         exists; test the final weights and those at the early-stopping iteration. ``early_bird`` (a main-line run
-        that prunes, with ``lottery.early_bird``) may stop the fit early; its fields go into the result."""
+        that prunes, with ``lottery.early_bird``) may stop the fit early; its fields go into the result.
+        ``snapshots``: rewind step → file of the training-state copies written meanwhile
+        (:class:`~lightning_lottery.snapshots.RewindSnapshots`)."""
         cfg = self.config
         began = time.perf_counter()
-        lottery = LotteryTicket(mask, rewind_to=cfg.rewind_to, include=cfg.include, exclude=cfg.exclude,
+        lottery = LotteryTicket(mask, rewind_to=cfg.level0_rewind_to, include=cfg.include, exclude=cfg.exclude,
                                 rewind_point=start)
         lottery.level = run.level
         history = ValidationHistory()
@@ -98,8 +101,9 @@ class Executor:
         watch = [early_bird] if early_bird is not None else []  # before `last`: its window is in the checkpoint
         if early_bird is not None:
             early_bird.ready = lambda: lottery.rewind_point is not None
-        trainer = self._trainer(info, [lottery, *watch, Bookkeeping(history, [history, last, progress])], loggers,
-                                max_steps)
+        copies = [RewindSnapshots(snapshots)] if snapshots else []
+        trainer = self._trainer(info, [lottery, *copies, *watch, Bookkeeping(history, [history, last, progress])],
+                                loggers, max_steps)
         self.emit("trainer_made", run)
 
         pl.seed_everything(seed, workers=True, verbose=False)
@@ -205,7 +209,7 @@ class Executor:
             branch=run.branch, replicate=run.replicate, seed=seeds[0], level=run.level, remaining=first.remaining,
             alive=first.alive, total=first.total, test_acc=mean("test_acc"), test_loss=mean("test_loss"),
             steps=first.steps, wall_s=round(time.perf_counter() - began, 3), rewind_step=first.rewind_step,
-            layers=first.layers, stability_curve=curve, **stability.summarize(curve))
+            layers=first.layers, at=run.at or None, stability_curve=curve, **stability.summarize(curve))
         return Trained(result, start, None, loggers)
 
     def _interpolation(self, run: Run, states: list[dict[str, torch.Tensor]], info: LevelInfo, settings: Stability

@@ -4,7 +4,9 @@ Pure data, no Lightning and no torch. A :class:`Run` is one ``Trainer.fit``: a (
 :class:`Plan` is the run graph: level L of the main line needs level L−1 (whose final weights give mask L);
 a control at level L needs the main line's mask L, i.e. the main line's run at level L−1; a ``stability`` run
 (two copies interpolated, :mod:`lightning_lottery.stability`) at level L ≥ 1 needs the same, at level 0 the main
-line's level 0 (the rewind point); replicates are independent. :meth:`Plan.ready` says which runs can start given the finished ones, so an executor may run them
+line's level 0 (the rewind point); with several rewind steps (``stability.at``) there is one stability run per
+(level, k) (:attr:`Run.at`); with ``rewind_to: auto`` (``Plan.choose``) every main-line and control run at level ≥ 1
+needs the stability runs of the choosing level, whose barriers choose its rewind point; replicates are independent. :meth:`Plan.ready` says which runs can start given the finished ones, so an executor may run them
 in any order the graph allows; :meth:`Plan.runs` is the sequential order. :class:`Seeds` derives every seed.
 
 Example:
@@ -33,13 +35,15 @@ __all__ = ["STABILITY", "Plan", "Run", "Seeds"]
 STABILITY = "stability"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, repr=False)
 class Run:
-    """One training run of an experiment: a (replicate, branch, level)."""
+    """One training run of an experiment: a (replicate, branch, level); a stability run at one of several rewind
+    steps also has its step ``at`` (``"500it"``; ``""``: the experiment's ``rewind_to``)."""
 
     replicate: int
     branch: str
     level: int
+    at: str = ""
 
     def with_branch(self, branch: str) -> Run:
         return replace(self, branch=branch)
@@ -50,8 +54,12 @@ class Run:
     def previous_level(self) -> Run:
         return replace(self, level=self.level - 1)
 
+    def __repr__(self) -> str:
+        at = f", at={self.at!r}" if self.at else ""
+        return f"Run(replicate={self.replicate!r}, branch={self.branch!r}, level={self.level!r}{at})"
+
     def __str__(self) -> str:
-        return f"{self.branch} level {self.level} (replicate {self.replicate})"
+        return f"{self.branch} level {self.level}{f' at {self.at}' if self.at else ''} (replicate {self.replicate})"
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,16 @@ class Plan:
         main: the main line's branch name (it depends on the rewinding mode, see :mod:`lightning_lottery.branches`).
         controls: the control branches trained with each level's mask, in the order they run.
         stability: the levels with a stability run (levels above ``levels`` are left out).
+        stability_at: the rewind steps of the stability runs, one run per (level, step); empty: one run per level
+            at the experiment's ``rewind_to``.
+        choose: ``rewind_to: auto``: the level whose stability runs choose the rewind point of every main-line and
+            control run at level ≥ 1 (they run before that level's main line); ``None``: a fixed rewind point.
+
+    Example:
+        >>> plan = Plan(levels=1, replicates=1, main="ticket", stability=(1,), stability_at=("0it", "100it"), choose=1)
+        >>> [str(r) for r in plan.runs()]  # doctest: +NORMALIZE_WHITESPACE
+        ['ticket level 0 (replicate 0)', 'stability level 1 at 0it (replicate 0)',
+         'stability level 1 at 100it (replicate 0)', 'ticket level 1 (replicate 0)']
     """
 
     levels: int
@@ -72,26 +90,39 @@ class Plan:
     main: str
     controls: tuple[str, ...] = ()
     stability: tuple[int, ...] = ()
+    stability_at: tuple[str, ...] = ()
+    choose: int | None = None
 
     def runs(self) -> list[Run]:
         """Every run in sequential execution order: per replicate, per level, the main line, the controls, then the
-        stability run."""
+        stability runs (with ``choose``: the choosing level's stability runs before its main line)."""
         out = []
         for replicate in range(self.replicates):
             for level in range(self.levels + 1):
+                first = self.choose == level and level > 0  # they choose this level's rewind point
+                if first:
+                    out.extend(self.stability_runs(replicate, level))
                 out.append(Run(replicate, self.main, level))
                 if level > 0:
                     out.extend(Run(replicate, branch, level) for branch in self.controls)
-                if level in self.stability:
-                    out.append(Run(replicate, STABILITY, level))
+                if not first:
+                    out.extend(self.stability_runs(replicate, level))
         return out
+
+    def stability_runs(self, replicate: int, level: int) -> list[Run]:
+        """The stability runs of a level: one per rewind step (none when the level has no stability run)."""
+        if level not in self.stability:
+            return []
+        return [Run(replicate, STABILITY, level, at) for at in self.stability_at or ("",)]
 
     def needs(self, run: Run) -> tuple[Run, ...]:
         """The runs whose outputs ``run`` starts from (level 0 of the main line needs none)."""
         if run.branch == STABILITY and run.level == 0:
-            return (Run(run.replicate, self.main, 0),)  # the rewind point
+            return (Run(run.replicate, self.main, 0),)  # the rewind point(s)
         if run.level == 0:
             return ()
+        if self.choose is not None and run.branch != STABILITY:  # the rewind point is chosen by these
+            return (Run(run.replicate, self.main, run.level - 1), *self.stability_runs(run.replicate, self.choose))
         return (Run(run.replicate, self.main, run.level - 1),)
 
     def dependents(self, run: Run) -> list[Run]:
@@ -142,6 +173,8 @@ class Seeds:
     """
 
     replicate_seeds: Sequence[int]
+    #: The rewind steps of the stability runs (``Plan.stability_at``): each has its own data-order seeds.
+    stability_at: Sequence[str] = ()
 
     def replicate(self, replicate: int) -> int:
         """The seed of a replicate: θ0 of replicates after the first is the model's initializer under it."""
@@ -160,8 +193,10 @@ class Seeds:
         return self.replicate(run.replicate) * 1000 + run.level + 500
 
     def stability(self, run: Run, copy: int) -> int:
-        """The data-order seed of copy ``copy`` (1 or 2) of a stability run (global seed and data module seed)."""
-        return 7_000_000 + self.replicate(run.replicate) * 1000 + 2 * run.level + copy - 1
+        """The data-order seed of copy ``copy`` (1 or 2) of a stability run (global seed and data module seed); a run
+        at the i-th of several rewind steps adds ``1_000_000 × (i + 1)``."""
+        offset = 1_000_000 * (1 + list(self.stability_at).index(run.at)) if run.at else 0
+        return 7_000_000 + offset + self.replicate(run.replicate) * 1000 + 2 * run.level + copy - 1
 
     def criterion(self, run: Run) -> int:
         """The generator a (possibly random) criterion scores with when ``run`` prunes its final weights."""

@@ -29,7 +29,7 @@ import torch
 
 from lightning_lottery.config import LotteryConfig
 from lightning_lottery.masks import MaskError, prunable_parameters
-from lightning_lottery.plan import Plan, Run
+from lightning_lottery.plan import STABILITY, Plan, Run
 from lightning_lottery.pruning import PruningError, resolve_rates
 from lightning_lottery.rewind import RewindStep
 
@@ -81,12 +81,12 @@ def training_budget(trainer_kwargs: Mapping[str, Any], batches_per_epoch: int | 
     return Budget(steps, epochs, batches_per_epoch)
 
 
-def _check_rewind(rewind_to: str, budget: Budget) -> None:
+def _check_rewind(rewind_to: str, budget: Budget, key: str = "lottery.rewind_to") -> None:
     point = RewindStep.parse(rewind_to)
     limit = budget.steps if point.unit == "it" else budget.epochs
     if limit is not None and point.amount > 0 and point.amount >= limit:
         unit = "optimizer steps" if point.unit == "it" else "epochs"
-        raise PreflightError(f"lottery.rewind_to {rewind_to} is not inside level 0's training budget of {limit} "
+        raise PreflightError(f"{key} {rewind_to} is not inside level 0's training budget of {limit} "
                              f"{unit} ({budget}); choose an earlier rewind point or train longer")
 
 
@@ -166,16 +166,43 @@ class Preflight:
         runs = self.plan.runs()
         lines.append(f"run plan: {len(runs)} runs = {self.plan.replicates} replicate(s) x (levels 0..{cfg.levels} "
                      f"of {self.plan.main}" + (f" + {', '.join(self.plan.controls)} at levels 1..{cfg.levels}"
-                                               if self.plan.controls else "") + ")")
-        lines.extend(f"  {i + 1:>3}. {_describe(run, self.plan)}" for i, run in enumerate(runs))
+                                               if self.plan.controls else "")
+                     + (f" + stability at levels {sorted(set(self.plan.stability) & set(range(cfg.levels + 1)))}"
+                        f" x {len(self.plan.stability_at) or 1} rewind step(s)" if self.plan.stability else "") + ")")
+        lines.extend(_describe_stability(cfg, self.plan))
+        lines.extend(f"  {i + 1:>3}. {_describe(run, self.plan, cfg)}" for i, run in enumerate(runs))
         lines.append(f"budget per run: {self.budget}; rewind point {cfg.rewind_to}")
         lines.append(f"output: {cfg.out_dir} (nothing written by a dry run)")
         return "\n".join(lines)
 
 
-def _describe(run: Run, plan: Plan) -> str:
-    needs = ", ".join(f"{n.branch} L{n.level}" for n in plan.needs(run))
-    return f"{run}" + (f"  (needs {needs})" if needs else "")
+def _describe_stability(cfg: LotteryConfig, plan: Plan) -> list[str]:
+    """The dry run's lines on the trainings and on the stability runs (two trainings each) and ``rewind_to: auto``."""
+    runs = plan.runs()
+    analysed = [r for r in runs if r.branch == STABILITY]
+    lines = [f"trainings: {len(runs) - len(analysed) + 2 * len(analysed)} (" + (
+        f"{len(analysed)} stability run(s) x 2 copies + " if analysed else "") + f"{len(runs) - len(analysed)} others)"]
+    st = cfg.stability
+    if st is None or not analysed:
+        return lines
+    levels = sorted({r.level for r in analysed})
+    at = ", ".join(plan.stability_at) or cfg.rewind_to
+    lines.append(f"stability: levels {levels} x k in [{at}]: each m_L ⊙ θk trained twice under other data orders, "
+                 f"then {st.alphas} points of the line between them evaluated on the test and the training data "
+                 f"(bn: {st.bn})")
+    if plan.choose is not None:
+        lines.append(f"rewind point auto: the smallest k in [{at}] whose level-{plan.choose} test-error barrier is <= "
+                     f"{100 * st.max_barrier:g} pp, per replicate (else the largest, flagged); levels >= 1 rewind to it")
+    return lines
+
+
+def _describe(run: Run, plan: Plan, cfg: LotteryConfig) -> str:
+    needs = ", ".join(f"{n.branch} L{n.level}{f' at {n.at}' if n.at else ''}" for n in plan.needs(run))
+    pai = cfg.prune_at_init
+    what = (f"  [mask scored at θ0 by {cfg.criterion}, {100 * pai.remaining[run.level - 1]:.3g}% kept]"
+            if pai is not None and run.level > 0 and plan.is_main_line(run) else
+            "  [2 trainings + the interpolation]" if run.branch == STABILITY else "")
+    return f"{run}{what}" + (f"  (needs {needs})" if needs else "")
 
 
 def check_initialized(model: torch.nn.Module) -> None:
@@ -206,7 +233,9 @@ def preflight(model: pl.LightningModule, datamodule: pl.LightningDataModule, con
         raise PreflightError(f"lottery: {err}") from None
     _check_out_dir(config.out_dir)
     budget = training_budget(trainer_kwargs, _batches_per_epoch(datamodule, trainer_kwargs))
-    _check_rewind(config.rewind_to, budget)
+    _check_rewind(config.level0_rewind_to, budget)
+    for at in config.stability.at if config.stability is not None else ():
+        _check_rewind(at, budget, "lottery.stability.at")
     if check_metrics:
         _check_metrics(model, datamodule, trainer_kwargs)
     return Preflight({n: tuple(p.shape) for n, p in params.items()}, rates, plan, budget, config)

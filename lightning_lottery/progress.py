@@ -60,7 +60,7 @@ class ExperimentProgress:
         left = self.total - self.finished
         eta = left * sum(self.trained_seconds) / len(self.trained_seconds)
         self._say(f"{self._head(run)} · {100 * row['remaining']:.1f}% remaining · test acc {_fmt(row.get('test_acc'))}"
-                  f" · early stop at it {row.get('early_stop_iter')} · {row['wall_s']:.1f}s · elapsed "
+                  f"{_outcome(row)} · {row['wall_s']:.1f}s · elapsed "
                   f"{_duration(time.perf_counter() - self.started)} · ETA {_duration(eta)}", end_line=True)
 
     def callback(self) -> Callback:
@@ -72,7 +72,8 @@ class ExperimentProgress:
         """``[lottery] run 5/36 · ticket r1 level 3/11``; ``index`` defaults to the runs finished so far."""
         replicate = f" r{run.replicate}" if run.replicate else ""
         number = self.finished if index is None else index
-        return f"[lottery] run {number}/{self.total} · {run.branch}{replicate} level {run.level}/{self.levels}"
+        at = f" at {run.at}" if run.at else ""
+        return f"[lottery] run {number}/{self.total} · {run.branch}{replicate} level {run.level}/{self.levels}{at}"
 
     def eta(self, fraction_of_run: float) -> float:
         """Seconds left: the rest of this run (projected from its pace) plus the runs after it."""
@@ -144,6 +145,15 @@ def _fmt(value: Any) -> str:
     return "—" if value is None else f"{value:.4f}"
 
 
+def _outcome(row: Mapping[str, Any]) -> str:
+    """`` · early stop at it 400`` for a trained run; a stability run's barriers instead (it has no early stop)."""
+    if "barrier_test_err" in row or row.get("stability_curve"):
+        err, loss = row.get("barrier_test_err"), row.get("barrier_train_loss")
+        return (f" · barrier {'—' if err is None else f'{100 * err:.2f} pp'} test error, "
+                f"{'—' if loss is None else f'{loss:.4f}'} train loss")
+    return f" · early stop at it {row.get('early_stop_iter')}" if row.get("early_stop_iter") is not None else ""
+
+
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     if seconds >= 3600:
@@ -159,9 +169,10 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
         "level", "% remaining", "test acc", "early-stop it", "acc @ early stop", "wall s")
     lines = [header]
     for r in rows:
-        lead = (str(r["branch"]), str(r["replicate"])) if several else ()
+        lead = (str(r["branch"]) + (f" {r['at']}" if r.get("at") else ""), str(r["replicate"])) if several else ()
         lines.append(lead + (str(r["level"]), f"{100 * r['remaining']:.1f}", _fmt(r.get("test_acc")),
-                             str(r.get("early_stop_iter")), _fmt(r.get("early_stop_test_acc")),
+                             "—" if r.get("early_stop_iter") is None else str(r["early_stop_iter"]),
+                             _fmt(r.get("early_stop_test_acc")),
                              f"{r.get('wall_s', 0):.1f}"))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = ["  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in lines]

@@ -57,6 +57,8 @@ class RunResult:
     val_history: list[dict[str, float]] = field(default_factory=list)
     barrier_test_err: Optional[float] = field(default=None, metadata=_STABILITY)
     barrier_train_loss: Optional[float] = field(default=None, metadata=_STABILITY)
+    #: A stability run's rewind step k when ``lottery.stability.at`` lists several (``"500it"``).
+    at: Optional[str] = field(default=None, metadata={"optional": True})
     #: ``{alpha, test_err, test_loss, train_err, train_loss}`` per α of the interpolation.
     stability_curve: list[dict[str, float]] = field(default_factory=list, metadata={"optional": True})
     #: The step at which the early-bird ticket was declared (``None``: not declared, or no ``lottery.early_bird``).

@@ -17,13 +17,14 @@ from typing import Any, TextIO
 import lightning.pytorch as pl
 import torch
 
-from lightning_lottery import branches, distributed, launch, pruning, saliency, tracking
+from lightning_lottery import branches, distributed, launch, saliency, stability, tracking
 from lightning_lottery.config import LotteryConfig
 from lightning_lottery.criteria import criterion_info, get_criterion
 from lightning_lottery.early_bird_callback import EarlyBirdWatch
 from lightning_lottery.executor import EventHandler, Executor
 from lightning_lottery.flops import costs_on_first_batch
 from lightning_lottery.identity import experiment_identity
+from lightning_lottery.level_masks import LevelMasks
 from lightning_lottery.masks import Mask, ones_mask, prunable_parameters, remaining
 from lightning_lottery.plan import STABILITY, Plan, Run, Seeds
 from lightning_lottery.pool_settings import LaunchSettings
@@ -32,6 +33,7 @@ from lightning_lottery.pruning import PruningError
 from lightning_lottery.progress import ExperimentProgress, format_table, lightning_banners_off
 from lightning_lottery.result import budget
 from lightning_lottery.rewind import RewindState, cpu_copy, fresh_initialization
+from lightning_lottery.stability import AUTO, RewindChoice
 from lightning_lottery.store import ExperimentStore, LevelInfo, config_hash
 from lightning_lottery.ticket import Ticket
 from lightning_lottery.transfer import TransferSource
@@ -117,8 +119,11 @@ class PruningScheduler:
         self.experiment_id = ""
         cfg = self.config
         self.plan = Plan(cfg.levels, len(cfg.replicate_seeds), branches.main_line(cfg.rewind).name, tuple(cfg.controls),
-                         cfg.stability.levels if cfg.stability is not None else ())
-        self.seeds = Seeds(tuple(cfg.replicate_seeds))
+                         cfg.stability.levels if cfg.stability is not None else (),
+                         cfg.stability.at if cfg.stability is not None else (),
+                         cfg.stability.choose_level if cfg.stability is not None and cfg.rewind_to == AUTO else None)
+        self.seeds = Seeds(tuple(cfg.replicate_seeds), self.plan.stability_at)
+        self._choices: dict[int, RewindChoice] = {}  # rewind_to: auto, per replicate (rank 0)
         self.executor = Executor(model, datamodule, cfg, self.trainer_kwargs, on_event)
         self._theta0 = cpu_copy(model.state_dict())
         self._tracker: WandbTracker | None = None
@@ -145,7 +150,7 @@ class PruningScheduler:
                             check_metrics=check_metrics)
         if self.config.prune_at_init is not None and criterion_info(self.config.criterion).data:
             try:  # the prune set can be drawn and the model gives logits
-                saliency.num_classes(self.model, self._prune_set(Run(0, self.plan.main, 1))[0])
+                saliency.num_classes(self.model, self._masks().prune_set(Run(0, self.plan.main, 1))[0])
             except PruningError as err:
                 raise PreflightError(f"lottery.prune_at_init: {err}") from None
         if self._source is not None:
@@ -219,7 +224,7 @@ class PruningScheduler:
         max_steps = None if run.level == 0 and run.branch != STABILITY else distributed.on_main(
             lambda: budget(self.store.read_metrics(self.plan.main_run(run.replicate, 0))))
         info = LevelInfo(run.level, self.config.levels, remaining(mask), run_dir, self.experiment_id, run.branch,
-                         run.replicate, seed)
+                         run.replicate, seed, run.at)
         loggers = tracking.make_loggers(self.logger, info, self._tracker)
         if run.branch == STABILITY:  # two copies from the ticket, then their interpolation
             assert start is not None and self.config.stability is not None
@@ -230,9 +235,14 @@ class PruningScheduler:
         else:
             watch = EarlyBirdWatch(self.config.early_bird, lambda: self._next_mask(mask, run)) if (
                 self.config.early_bird is not None and is_main_line and run.level < self.config.levels) else None
+            snapshots = {at: self.store.snapshot_file(run.replicate, at) for at in self.plan.stability_at
+                         } if is_main_line and run.level == 0 else {}  # θk of every stability.at, copied meanwhile
             trained = self.executor.execute(run, mask, start, seed=seed, max_steps=max_steps, info=info,
                                             loggers=loggers, progress=progress.callback(),
-                                            keep_final_state=self._keeps_final_state(run), early_bird=watch)
+                                            keep_final_state=self._keeps_final_state(run), early_bird=watch,
+                                            snapshots=snapshots)
+            if main:
+                self.store.record_produced(snapshots.values())
         if main and is_main_line and run.level == 0:
             self.store.save_rewind_point(run.replicate, trained.rewind_point)
         if main and trained.final_state is not None:
@@ -267,11 +277,11 @@ class PruningScheduler:
         if run.level == 0:
             mask = {n: m.cpu() for n, m in ones_mask(prunable_parameters(self.model, cfg.include, cfg.exclude)).items()}
             self.store.save_mask(run, mask)
-            return mask, self.store.load_rewind_point(run.replicate) if run.branch == STABILITY else None
+            return mask, self._rewind_point(run) if run.branch == STABILITY else None
         branch = branches.get(run.branch)
         inputs = branches.Inputs(
             run=run, seeds=self.seeds, mask=self.store.load_mask(self.plan.main_run(run.replicate, run.level)),
-            rewind_point=self.store.load_rewind_point(run.replicate),
+            rewind_point=self._rewind_point(run),
             trained=lambda level: self.store.load_final_state(self.plan.main_run(run.replicate, level)),
             fresh_init=self._fresh_init, score=get_criterion(cfg.criterion), structure=cfg.structure,
             transferred=None if self._source is None else (
@@ -281,49 +291,40 @@ class PruningScheduler:
             self.store.save_mask(run, mask)
         return mask, state
 
+    def _rewind_point(self, run: Run) -> RewindState:
+        """The state a run at level ≥ 1 (or a stability run) rewinds to: θk of its step for a stability run at one of
+        several steps, the chosen θk with ``rewind_to: auto``, else the replicate's rewind point."""
+        if run.branch == STABILITY and run.at:
+            return self.store.load_snapshot(run.replicate, run.at)
+        if self.plan.choose is not None and run.branch != STABILITY:
+            return self.store.load_snapshot(run.replicate, self._choice(run.replicate).at)
+        return self.store.load_rewind_point(run.replicate)
+
+    def _choice(self, replicate: int) -> RewindChoice:
+        """``rewind_to: auto``: the replicate's rewind step, from its stability runs at the choosing level (rank 0);
+        written to ``rewind_choice.json`` and said once per process."""
+        if replicate not in self._choices:
+            st = self.config.stability
+            assert st is not None and self.plan.choose is not None
+            rows = [self.store.read_metrics(r) for r in self.plan.stability_runs(replicate, self.plan.choose)]
+            choice = stability.choose_rewind([(r.at, int(row["rewind_step"]), row.get("barrier_test_err")) for r, row
+                                              in zip(self.plan.stability_runs(replicate, self.plan.choose), rows)],
+                                             st.max_barrier, self.plan.choose)
+            self.store.save_choice(replicate, choice.to_dict())
+            self._choices[replicate] = choice
+            text = f"[lottery] replicate {replicate}: {choice.describe()}"
+            if choice.stable:
+                self._say(text)
+            else:  # never silent, even when quiet
+                print(text, file=self.stream or sys.stderr, flush=True)
+        return self._choices[replicate]
+
+    def _masks(self) -> LevelMasks:
+        return LevelMasks(self.model, self.datamodule, self.config, self.seeds, self.store, self._source)
+
     def _next_mask(self, mask: Mask, run: Run) -> Mask:
-        cfg = self.config
-        if cfg.prune_at_init is not None:  # scored at the rewind point on rank 0, whatever was trained
-            return distributed.on_main(lambda: self._pai_mask(run.next_level()))
-        if self._source is not None:  # the source's next ticket, whatever was trained
-            source = self._source
-            return distributed.on_main(lambda: source.mask(run.replicate, run.level + 1, mask))
-        weights = {n: p.detach() for n, p in prunable_parameters(self.model, cfg.include, cfg.exclude).items()}
-        generator = torch.Generator().manual_seed(self.seeds.criterion(run))
-        scores = get_criterion(cfg.criterion)(weights, generator=generator)
-        device_mask = {n: m.to(weights[n].device) for n, m in mask.items()}
-        pruned = pruning.prune(scores, device_mask, cfg.rate, scope=cfg.scope, rates=cfg.rates,
-                               structure=cfg.structure, unit_norm=cfg.unit_norm, mask_type=cfg.mask_type)
-        return {n: m.cpu() for n, m in pruned.items()}
-
-    def _pai_mask(self, run: Run) -> Mask:
-        """Pruning at initialization: the mask of ``run``'s level, scored at the rewind point (θ0) with the data."""
-        cfg, pai = self.config, self.config.prune_at_init
-        assert pai is not None
-        info, criterion = criterion_info(cfg.criterion), get_criterion(cfg.criterion)
-        generator = torch.Generator().manual_seed(self.seeds.criterion(run))
-        batches = self._prune_set(run) if info.data else []
-        score = (lambda w: criterion(w, generator, model=self.model, batches=batches)) if info.data else (
-            lambda w: criterion({n: p.detach() for n, p in w.items()}, generator=generator))
-        names = list(prunable_parameters(self.model, cfg.include, cfg.exclude))
-        return saliency.mask_at_init(self.model, self.store.load_rewind_point(run.replicate).model, names, score,
-                                     pai.remaining[run.level - 1], scope=pai.scope, min_density=pai.min_density,
-                                     rounds=pai.rounds or info.rounds)
-
-    def _prune_set(self, run: Run) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The prune set: the first samples of a fresh ``train_dataloader()`` at epoch 0 (whatever was trained before;
-        a loader shuffled by torch's global RNG draws under ``run``'s criterion seed)."""
-        pai = self.config.prune_at_init
-        assert pai is not None
-
-        def loader() -> Any:
-            fresh = self.datamodule.train_dataloader()
-            if callable(getattr(fresh, "set_epoch", None)):
-                fresh.set_epoch(0)
-            return fresh
-
-        samples = pai.samples or 10 * saliency.num_classes(self.model, saliency.prune_set(loader(), 1, 1, 0)[0])
-        return saliency.prune_set(loader(), samples, pai.batch_size, self.seeds.criterion(run))
+        """The mask of ``run``'s next level (:class:`~lightning_lottery.level_masks.LevelMasks`)."""
+        return self._masks().next(mask, run)
 
     def _keeps_final_state(self, run: Run) -> bool:
         """Whether a later run starts from this main-line run's trained weights (a branch's ``trained``)."""
@@ -368,6 +369,9 @@ class PruningScheduler:
 
     def _finish(self, trained_any: bool) -> list[dict[str, Any]]:
         """Results table, aggregate, report and the W&B summary."""
+        for replicate in range(self.plan.replicates) if self.plan.choose is not None else ():  # said on every run
+            if all(self.store.is_done(r) for r in self.plan.stability_runs(replicate, self.plan.choose)):
+                self._choice(replicate)
         rows = self.store.results()
         fresh = not trained_any and self.store.has_aggregate()
         if not fresh:  # derived files are rebuilt only when something new was trained

@@ -16,6 +16,7 @@ Layout::
       wandb/                           offline W&B runs (when tracking is on)
       replicate_0/
         rewind_point.pt                training state at step k (written once level 0 is done)
+        rewind_points/, stability/     the instability analysis's (lightning_lottery.stability_files)
         ticket/level_03/               the main line; controls in random_reinit/, random_mask/, oneshot/
           mask.safetensors             the mask this run trains with
           ticket.safetensors           mask + the weights it starts from (θk ⊙ m)
@@ -55,6 +56,7 @@ from lightning_lottery.masks import Mask, load_mask, save_mask
 from lightning_lottery.plan import Plan, Run
 from lightning_lottery.result import LAYER_COLUMNS, RESULT_COLUMNS
 from lightning_lottery.rewind import RewindState
+from lightning_lottery.stability_files import StabilityFiles
 from lightning_lottery.store_format import (
     LevelInfo,
     Progress,
@@ -98,7 +100,7 @@ def read_json(path: str | os.PathLike) -> Any:
         raise ValueError(f"{path}: corrupt JSON ({err}); delete it to recompute that part") from err
 
 
-class ExperimentStore:
+class ExperimentStore(StabilityFiles):
     """Paths, durable writes and reads of one experiment directory."""
 
     def __init__(self, root: str | os.PathLike) -> None:
@@ -123,7 +125,7 @@ class ExperimentStore:
         return self.root / f"replicate_{replicate}" / "rewind_point.pt"
 
     def run_dir(self, run: Run) -> Path:
-        return self.root / f"replicate_{run.replicate}" / run.branch / f"level_{run.level:02d}"
+        return self.root / f"replicate_{run.replicate}" / run.branch / run.at / f"level_{run.level:02d}"
 
     def mask_file(self, run: Run) -> Path:
         return self.run_dir(run) / "mask.safetensors"
@@ -168,7 +170,7 @@ class ExperimentStore:
         configuration) is stored beside it for the report and for reruns, ``runs`` (the plan) for
         :meth:`progress`."""
         digest = config_hash(identity)
-        plan = [[r.replicate, r.branch, r.level] for r in runs] if runs is not None else None
+        plan = [[r.replicate, r.branch, r.level, *[r.at][:bool(r.at)]] for r in runs] if runs is not None else None
         if self.experiment_file.exists():
             existing = self.read_experiment() or {}
             if existing.get("hash") != digest:
@@ -208,7 +210,7 @@ class ExperimentStore:
         recorded plan, the finished runs are all there is."""
         meta = self.read_experiment() or {}
         finished = set(self.finished_runs())
-        planned = [Run(int(r), str(b), int(lv)) for r, b, lv in meta.get("plan") or []] or sorted(finished)
+        planned = [Run(int(r), str(b), int(lv), *at) for r, b, lv, *at in meta.get("plan") or []] or sorted(finished)
         levels = sorted({r.level for r in planned})
         levels_done = sum(all(r in finished for r in planned if r.level == lv) for lv in levels)
         return Progress(sum(r in finished for r in planned), len(planned), levels_done, len(levels))
@@ -282,12 +284,12 @@ class ExperimentStore:
 
     def finished_runs(self) -> list[Run]:
         """The finished runs found in the directory, by replicate, level and branch (the main line first)."""
-        found = []
-        for path in self.root.glob("replicate_*/*/level_*/metrics.json"):
-            level_dir = path.parent
-            found.append(Run(int(level_dir.parent.parent.name[10:]), level_dir.parent.name, int(level_dir.name[6:])))
+        paths = [*self.root.glob("replicate_*/*/level_*/metrics.json"),
+                 *self.root.glob("replicate_*/*/*/level_*/metrics.json")]  # stability/<k>/level_LL
+        found = [Run(int(p.parts[0][10:]), p.parts[1], int(p.parts[-2][6:]), *p.parts[2:-2])
+                 for p in (path.relative_to(self.root) for path in paths)]
         main = set(main_line_names())
-        return sorted(found, key=lambda r: (r.replicate, r.level, r.branch not in main, r.branch))
+        return sorted(found, key=lambda r: (r.replicate, r.level, r.branch not in main, r.branch, len(r.at), r.at))
 
     def read_metrics(self, run: Run) -> dict[str, Any]:
         return read_json(self.metrics_file(run))

@@ -51,6 +51,7 @@ class LevelInfo:
     branch: str = "ticket"
     replicate: int = 0
     seed: int = 0
+    at: str = ""  # a stability run's rewind step when there are several (lottery.stability.at)
 
 
 def json_bytes(obj: Any) -> bytes:

@@ -101,9 +101,12 @@ def _smoke_args(recipe: Path, out_dir: Path) -> list[str]:
         "--trainer.max_steps", "2", "--lottery.val_every_n_steps", "1", "--quiet", "true",
         "--trainer.accelerator", "cpu", "--trainer.log_every_n_steps", "1",
     ]  # fmt: skip
-    steps = _rewind_steps(str(raw["lottery"].get("rewind_to", "0it")))
-    if steps is None or steps >= 2:
+    rewind_to = str(raw["lottery"].get("rewind_to", "0it"))
+    steps = _rewind_steps(rewind_to)
+    if rewind_to != "auto" and (steps is None or steps >= 2):
         args += ["--lottery.rewind_to", "0it"]
+    if (raw["lottery"].get("stability") or {}).get("at"):  # the candidates within two steps
+        args += ["--lottery.stability.at", "[0it, 1it]"]
     data_class = raw["data"]["class_path"]
     if data_class in ABSENT_DATA_SHAPES:
         shape = ABSENT_DATA_SHAPES[data_class]

@@ -16,9 +16,7 @@ from lightning_lottery.aggregate import branch_sort_key, write_aggregate
 from lightning_lottery.atomic import atomic_write_bytes
 from lightning_lottery.report.figures import captions, render_all
 from lightning_lottery.report.record import ExperimentRecord, load_experiment, main_branch, triple
-from lightning_lottery.report.stability import FIGURE as STABILITY_FIGURE
-from lightning_lottery.report.stability import curve_csv, section_html, split
-from lightning_lottery.report.stability import render as render_stability
+from lightning_lottery.report.stability import split, write_section
 from lightning_lottery.report.table import summary_table, table_csv, table_html
 from lightning_lottery.report.verdict import verdict_html, verdict_of
 from lightning_lottery.store import ExperimentStore
@@ -157,12 +155,7 @@ def build_report(experiment_dir: str | os.PathLike, output_dir: str | os.PathLik
             atomic_write_bytes(out / f"{name}.{fmt}", data)
     atomic_write_bytes(out / "summary.csv", table_csv(table, with_speedup=record.costs is not None).encode())
     write_aggregate(record.rows, out / "aggregate.csv")
-    stability_files = render_stability(stability_rows, title)
-    for fmt, data in (stability_files or {}).items():
-        atomic_write_bytes(out / f"{STABILITY_FIGURE}.{fmt}", data)
-    if stability_rows:
-        atomic_write_bytes(out / "stability.csv", curve_csv(stability_rows).encode())
+    extra = write_section(stability_rows, title, out, ExperimentStore(record.root).read_choices())
     html_path = out / "report.html"
-    extra = section_html(stability_rows, (stability_files or {}).get("png"))
     atomic_write_bytes(html_path, _html(record, table, images, notes, extra).encode())
     return html_path

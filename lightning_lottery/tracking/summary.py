@@ -109,3 +109,43 @@ def mask_overlap_by_level(store: ExperimentStore, branch: str, replicates: Seque
     return out
 
 
+
+
+#: The columns of the summary run's ``stability_curves`` table (one row per point of a curve and split).
+STABILITY_COLUMNS: tuple[str, ...] = ("replicate", "level", "k", "remaining_pct", "alpha", "split", "error", "loss")
+
+
+def stability_table(rows: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+    """The rows of ``stability_curves``: every point of every stability run's curve, once for ``test`` and once
+    for ``train`` (error and loss at that α).
+
+    Example:
+        >>> stability_table([{"branch": "stability", "replicate": 0, "level": 1, "remaining": 0.8, "at": "0it",
+        ...                   "stability_curve": [{"alpha": 0.0, "test_err": 0.1, "test_loss": 0.3,
+        ...                                        "train_err": 0.05, "train_loss": 0.2}]}])
+        [[0, 1, '0it', 80.0, 0.0, 'test', 0.1, 0.3], [0, 1, '0it', 80.0, 0.0, 'train', 0.05, 0.2]]
+    """
+    from lightning_lottery.report.stability import k_of
+
+    out = []
+    for r in rows:
+        for p in r.get("stability_curve") or []:
+            for split in ("test", "train"):
+                out.append([r["replicate"], r["level"], k_of(r), 100.0 * r["remaining"], p["alpha"], split,
+                            p.get(f"{split}_err"), p.get(f"{split}_loss")])
+    return out
+
+
+def stability_chart(data: Sequence[Sequence[Any]], title: str) -> Any:
+    """A W&B line-series chart of test error vs α: one line per (level, k), the mean over replicates."""
+    import wandb
+
+    curves: dict[tuple[int, str], dict[float, list[float]]] = {}
+    for _, level, k, _, alpha, split, error, _ in data:
+        if split == "test" and error is not None:
+            curves.setdefault((level, k), {}).setdefault(alpha, []).append(error)
+    keys = sorted(curves)
+    xs = [sorted(curves[key]) for key in keys]
+    ys = [[sum(curves[key][a]) / len(curves[key][a]) for a in x] for key, x in zip(keys, xs)]
+    return wandb.plot.line_series(xs or [[]], ys or [[]], keys=[f"level {lv} k={k}" for lv, k in keys] or ["none"],
+                                  title=title, xname="alpha")

@@ -19,9 +19,12 @@ from lightning_lottery.tracking.runs import (
 )
 from lightning_lottery.tracking.settings import WandbSettings
 from lightning_lottery.tracking.summary import (
+    STABILITY_COLUMNS,
     aggregate_table,
     ci_chart,
     mask_overlap_by_level,
+    stability_chart,
+    stability_table,
 )
 
 if TYPE_CHECKING:
@@ -100,8 +103,11 @@ class WandbTracker:
         config = {**self.config, "level": info.level, "branch": info.branch, "replicate": info.replicate,
                   "remaining": info.remaining, "remaining_pct": 100.0 * info.remaining,
                   "experiment_id": self.experiment_id, "experiment_hash": self.experiment_hash}
-        name = run_name(info.branch, info.level, info.remaining, info.replicate)
-        rid = run_id(self.experiment_id, info.branch, info.replicate, info.level)
+        name = run_name(info.branch, info.level, info.remaining, info.replicate) + (f" k={info.at}" if info.at else "")
+        rid = run_id(self.experiment_id, f"{info.branch}-{info.at}" if info.at else info.branch, info.replicate,
+                     info.level)
+        if info.at:
+            config["stability_at"] = info.at
         run = wandb.init(name=name, id=rid, resume="allow", job_type=info.branch, config=config,
                          **self._init_kwargs())
         # what Lightning's logger defines for a run it starts itself
@@ -166,7 +172,7 @@ class WandbTracker:
         from lightning_lottery.masks import checksum, load_mask
         from lightning_lottery.plan import Run
 
-        run = Run(int(row["replicate"]), str(row["branch"]), int(row["level"]))
+        run = Run(int(row["replicate"]), str(row["branch"]), int(row["level"]), str(row.get("at") or ""))
         out: list[tuple[Any, list[str]]] = []
         own_mask = self.store.mask_file(run)
         mask_sum = checksum(load_mask(own_mask)) if own_mask.is_file() else None
@@ -254,6 +260,11 @@ class WandbTracker:
             if measurements:
                 m_columns, m_data = measured.measurement_rows(measurements)
                 payload["measured_speedup"] = wandb.Table(columns=m_columns, data=m_data)
+            curves = stability_table(rows)
+            if curves:  # the instability analysis: every curve, and test error vs α per (level, k)
+                payload["stability_curves"] = wandb.Table(columns=list(STABILITY_COLUMNS), data=curves)
+                payload["stability_test_err_vs_alpha"] = stability_chart(
+                    curves, "Test error along (1−α)·θ¹ + α·θ² per (level, k) (mean over replicates)")
             for key, path in (images or {}).items():
                 payload[f"report/{key}"] = wandb.Image(str(path))
             run.log(payload)
