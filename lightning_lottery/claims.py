@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_lottery.atomic import atomic_write_bytes
+from lightning_lottery.dirlock import pid_alive
 
 __all__ = ["CLAIM_FILE", "RunClaim", "describe", "is_stale", "read_claim"]
 
@@ -53,21 +54,11 @@ def read_claim(path: str | os.PathLike) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def is_stale(record: dict[str, Any], stale_after_s: float, now: float | None = None) -> bool:
     """Whether the claim ``record``'s holder is gone: a dead process on this host, or no heartbeat for
     ``stale_after_s`` seconds."""
     now = time.time() if now is None else now
-    if record.get("host") == socket.gethostname() and not _alive(int(record.get("pid", -1))):
+    if record.get("host") == socket.gethostname() and not pid_alive(int(record.get("pid", -1))):
         return True
     return now - float(record.get("heartbeat", 0.0)) > stale_after_s
 

@@ -124,12 +124,13 @@ def _recipe_parser(description: str) -> ArgumentParser:
                              "short for --launch.launcher")
     parser.add_argument("--workers", type=Optional[PositiveInt], default=None,
                         help="runs at once (local: worker processes); short for --launch.workers")
-    parser.add_argument("--quiet", type=bool, default=False, help="no progress lines or final table")
+    parser.add_argument("--quiet", type=bool, default=False, nargs="?", const=True,
+                        help="no progress lines or final table")
     parser.add_argument("--torch_num_threads", type=Optional[PositiveInt], default=None,
                         help="CPU threads for torch (1 is fastest for small models on few cores); default: torch's")
     parser.add_argument("--resume", type=Optional[str], default=None,
                         help="an experiment directory: rerun its experiment from its experiment.json alone")
-    parser.add_argument("--dry_run", type=bool, default=False,
+    parser.add_argument("--dry_run", type=bool, default=False, nargs="?", const=True,
                         help="check the recipe and print the prunable parameters, the run plan and the budget; "
                              "train and write nothing")
     return parser
@@ -143,7 +144,8 @@ def _report_parser() -> ArgumentParser:
     parser.add_argument("--compare", type=str, nargs="+", default=None,
                         help="other experiment directories: one figure (compare.png) of test accuracy vs % remaining "
                              "of every experiment's main line and its random_mask / random_reinit controls")
-    parser.add_argument("--wandb", type=bool, default=False, help="also publish the panels as a W&B Report")
+    parser.add_argument("--wandb", type=bool, default=False, nargs="?", const=True,
+                        help="also publish the panels as a W&B Report")
     parser.add_argument("--project", type=Optional[str], default=None, help="W&B project (default: the recipe's)")
     parser.add_argument("--entity", type=Optional[str], default=None, help="W&B entity (default: the recipe's)")
     return parser

@@ -25,14 +25,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DirectoryLock", "DirectoryLockedError"]
+__all__ = ["DirectoryLock", "DirectoryLockedError", "pid_alive"]
 
 
 class DirectoryLockedError(RuntimeError):
     """Another live process holds the directory's lock."""
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this host (one we may not signal counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -77,7 +78,7 @@ class DirectoryLock:
                 os.close(fd)
                 raise DirectoryLockedError(self._message(holder)) from None
             # no flock here (some network filesystems): trust the recorded pid on this host
-            if holder.get("host") == socket.gethostname() and _alive(int(holder.get("pid", -1))) \
+            if holder.get("host") == socket.gethostname() and pid_alive(int(holder.get("pid", -1))) \
                     and int(holder.get("pid", -1)) != os.getpid():
                 os.close(fd)
                 raise DirectoryLockedError(self._message(holder)) from None

@@ -87,9 +87,11 @@ def scheduler(strategy: str, out: str) -> None:
                             trainer_kwargs=trainer_kwargs(strategy, out), logger=False,
                             wandb=WandbSettings(project="ddp-test", mode="offline")).run()
     # ddp_spawn: rank 0's weights, back in the main process (flushed: the output must not depend on how W&B exits)
-    print("FINAL", state_checksum(model.state_dict()), flush=True)
-    print("ROWS", json.dumps([{k: r[k] for k in ("level", "remaining", "test_acc", "steps")} for r in rows]),
-          flush=True)
+    # one write per line: under ddp both ranks print, and a line written in pieces interleaves with the other's
+    sys.stdout.write(f"FINAL {state_checksum(model.state_dict())}\n")
+    sys.stdout.write("ROWS " + json.dumps([{k: r[k] for k in ("level", "remaining", "test_acc", "steps")} for r in rows])
+                     + "\n")
+    sys.stdout.flush()
 
 
 def callback(strategy: str, out: str) -> None:

@@ -186,6 +186,8 @@ def test_report_retrain_and_wandb_reference_offline(tmp_path, capsys, monkeypatc
 def test_packaged_recipe_by_name_and_short_class_names(tmp_path, capsys):
     out = tmp_path / "exp"
     assert main(["find", "-c", "lenet300_digits_smoke", "--lottery.out_dir", str(out), "--dry_run", "true"]) == 0
+    assert main(["find", "-c", "lenet300_digits_smoke", "--dry_run", "--lottery.out_dir", str(out), "--quiet"]) == 0
+    assert not out.exists()  # a flag alone means true: still a dry run
     assert "net.fc1.weight" in capsys.readouterr().out
     assert main(["find", "-c", "lenet300_digits_smoke.yaml", "--model", "LeNet300100", "--model.in_features", "64",
                  "--data", "DigitsDataModule", "--lottery.out_dir", str(out), "--dry_run", "true"]) == 0
