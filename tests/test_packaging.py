@@ -36,16 +36,22 @@ def installed(tmp_path_factory) -> Path:
     return env_dir / "bin"
 
 
-def _run(bin_dir: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+def _clean_env() -> dict[str, str]:
+    """The test's environment without what would point the fresh venv back at the checkout."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["WANDB_MODE"] = "offline"
+    return env
+
+
+def _run(bin_dir: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = _clean_env()
     return subprocess.run([str(bin_dir / "lightning-lottery"), *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
 
 
 def test_the_wheel_is_what_runs(installed, tmp_path):
     probe = subprocess.run([str(installed / "python"), "-c", "import lightning_lottery; print(lightning_lottery.__file__)"],
-                           cwd=tmp_path, capture_output=True, text=True, check=True)
+                           cwd=tmp_path, capture_output=True, text=True, check=True, env=_clean_env())
     assert str(ROOT) not in probe.stdout and "site-packages" in probe.stdout
 
 
