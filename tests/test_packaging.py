@@ -25,14 +25,14 @@ def installed(tmp_path_factory) -> Path:
     """A fresh virtual environment with the wheel installed; returns its ``bin`` folder."""
     base = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(ROOT),
-                    "-w", str(base / "dist")], check=True, capture_output=True, timeout=300)
+                    "-w", str(base / "dist")], check=True, capture_output=True, timeout=300, env=_clean_env())
     (wheel,) = (base / "dist").glob("lightning_lottery-*.whl")
     env_dir = base / "venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)
     (purelib,) = env_dir.glob("lib/python*/site-packages")
     (purelib / "dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", str(env_dir / "bin" / "python"), "install", "--no-deps",
-                    "-q", str(wheel)], check=True, capture_output=True, timeout=300)
+                    "-q", str(wheel)], check=True, capture_output=True, timeout=300, env=_clean_env())
     return env_dir / "bin"
 
 
@@ -51,7 +51,8 @@ def _run(bin_dir: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_the_wheel_is_what_runs(installed, tmp_path):
     probe = subprocess.run([str(installed / "python"), "-c", "import lightning_lottery; print(lightning_lottery.__file__)"],
-                           cwd=tmp_path, capture_output=True, text=True, check=True, env=_clean_env())
+                           cwd=tmp_path, capture_output=True, text=True, check=True,
+                           env=_clean_env())
     assert str(ROOT) not in probe.stdout and "site-packages" in probe.stdout
 
 
@@ -98,5 +99,5 @@ def test_version_and_recipes_answer_without_importing_lightning(installed, tmp_p
     probe = ("import sys; from lightning_lottery.console import main; main(['recipes']); main(['--version']); "
              "print('lightning' in sys.modules or 'lightning.pytorch' in sys.modules)")
     out = subprocess.run([str(installed / "python"), "-c", probe], cwd=tmp_path, capture_output=True, text=True,
-                         check=True).stdout.strip().splitlines()
+                         check=True, env=_clean_env()).stdout.strip().splitlines()
     assert out[-1] == "False" and out[-2] == "lightning-lottery 0.1.0"
