@@ -8,6 +8,7 @@ from typing import Any, Literal, Optional
 
 from lightning_lottery import branches, saliency  # noqa: F401 - saliency registers the criteria snip, grasp, synflow
 from lightning_lottery.rewind import RewindStep
+from lightning_lottery.sections import nested
 from lightning_lottery.early_bird import EarlyBird
 from lightning_lottery.stability import AUTO, Stability
 from lightning_lottery.store import config_hash
@@ -211,14 +212,7 @@ class LotteryConfig:
                 raise ValueError(f"lottery.{key} must be a positive integer or null, got {value!r}")
 
     def _nested(self, key: str, cls: type) -> None:
-        value = getattr(self, key)
-        if isinstance(value, dict):
-            try:
-                object.__setattr__(self, key, cls(**value))
-            except TypeError as err:
-                raise ValueError(f"lottery.{key}: {err}") from None
-        elif value is not None and not isinstance(value, cls):
-            raise ValueError(f"lottery.{key} must be a mapping of its settings, got {value!r}")
+        nested(self, key, cls, "lottery", strict=True)
 
     def _check_early_bird_and_transfer(self) -> None:
         if (self.rewind == "transfer") != (self.transfer is not None):

@@ -22,6 +22,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
+from lightning_lottery.sections import nested
+
 __all__ = ["LAUNCHERS", "LaunchSettings", "RaySettings", "SlurmSettings"]
 
 #: The launchers ``launch.launcher`` accepts.
@@ -128,12 +130,7 @@ class LaunchSettings:
 
     def __post_init__(self) -> None:
         for key, cls in (("slurm", SlurmSettings), ("ray", RaySettings)):
-            value = getattr(self, key)
-            if isinstance(value, dict):
-                try:
-                    object.__setattr__(self, key, cls(**value))
-                except TypeError as err:
-                    raise ValueError(f"launch.{key}: {err}") from None
+            nested(self, key, cls, "launch")
         if self.launcher not in (None, *LAUNCHERS):
             raise ValueError(f"launch.launcher must be one of {', '.join(LAUNCHERS)} or null, got {self.launcher!r}")
         _positive("launch.workers", self.workers, optional=True)
