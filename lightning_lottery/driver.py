@@ -165,6 +165,7 @@ class _Walk:
             self._look_elsewhere()
             ready = [r for r in self.plan.ready(self.progress.finished, set(self.inflight) | self.elsewhere)
                      if not self._claimed_elsewhere(r)]
+            ready = self.plan.by_urgency(ready, self.progress.finished)
             room = len(ready) if cap is None else max(cap - len(self.inflight), 0)
             wave = ready[:room]
             for run in wave:
@@ -182,7 +183,7 @@ class _Walk:
                     collected = True
             if not collected:
                 self._check_alive()
-                time.sleep(self.settings.poll_s)
+                pool.wait(self.settings.poll_s)
 
     def _check_alive(self) -> None:
         """A worker that died hard (killed, out of memory) while training one of our runs: its claim, made after

@@ -140,6 +140,28 @@ class Plan:
         return [r for r in self.runs() if r not in finished and r not in running
                 and all(n in finished for n in self.needs(r))]
 
+    def by_urgency(self, runs: Sequence[Run], finished: Collection[Run] = ()) -> list[Run]:
+        """``runs`` ordered for workers: those that start the longest chain of unfinished runs first (the main
+        line before the controls, which no run needs), ties in execution order.
+
+        Example:
+            >>> plan = Plan(levels=2, replicates=2, main="ticket", controls=("random_mask",))
+            >>> [str(r) for r in plan.by_urgency(plan.ready({Run(0, "ticket", 0), Run(1, "ticket", 0)}))]
+            ... # doctest: +NORMALIZE_WHITESPACE
+            ['ticket level 1 (replicate 0)', 'ticket level 1 (replicate 1)', 'random_mask level 1 (replicate 0)',
+             'random_mask level 1 (replicate 1)']
+        """
+        order = self.runs()
+        children: dict[Run, list[Run]] = {}
+        for r in order:
+            for n in self.needs(r):
+                children.setdefault(n, []).append(r)
+        chain: dict[Run, int] = {}
+        for r in reversed(order):  # every run after the runs it needs
+            chain[r] = 0 if r in finished else 1 + max((chain[c] for c in children.get(r, ())), default=0)
+        position = {r: i for i, r in enumerate(order)}
+        return sorted(runs, key=lambda r: (-chain[r], position[r]))
+
     def critical_path(self, finished: Collection[Run] = (),
                       cost: Callable[[Run], float] | None = None) -> list[Run]:
         """The longest chain of runs not yet finished, each starting from the previous one's outputs, by the sum of

@@ -14,7 +14,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import multiprocessing
+import os
 import pickle
+import tempfile
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,8 +124,13 @@ def _task_from_file(payload_file: str, run: Run, threads: int) -> Outcome:
 _LOCAL: dict[str, Any] = {}
 
 
-def _local_init(payload: bytes, threads: int) -> None:
-    _LOCAL.update(payload=payload, threads=threads)
+def _local_init(payload_file: str, threads: int) -> None:
+    """A local worker's start: the payload read from its file (a path through the spawn pipe, not the payload: a
+    large write there blocks the driver until each child has imported its modules, one child after another) and
+    the heavy imports done now, while the driver still sets up."""
+    torch.set_num_threads(threads)
+    _LOCAL.update(payload=Path(payload_file).read_bytes(), threads=threads)
+    import lightning_lottery.scheduler  # noqa: F401  (Lightning, torchmetrics: what unpickling the payload needs)
 
 
 def _local_task(run: Run) -> Outcome:
@@ -143,6 +152,10 @@ class Pool:
         """The run's outcome; the worker's error is raised here."""
         raise NotImplementedError
 
+    def wait(self, timeout: float) -> None:
+        """Return when a run may have finished, at the latest after ``timeout`` seconds."""
+        time.sleep(timeout)
+
     def close(self, abort: bool = False) -> None:
         """Stop the pool (``abort``: kill what still runs)."""
 
@@ -152,11 +165,20 @@ class LocalPool(Pool):
     run at a time."""
 
     def __init__(self, payload: bytes, workers: int, threads: int) -> None:
+        fd, self._payload_file = tempfile.mkstemp(prefix="lightning-lottery-", suffix=".pkl")
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+        self._finished = threading.Event()
         context = multiprocessing.get_context("spawn")  # no fork of a process with torch's threads running
-        self._pool = context.Pool(workers, initializer=_local_init, initargs=(payload, threads))
+        self._pool = context.Pool(workers, initializer=_local_init, initargs=(self._payload_file, threads))
 
     def submit(self, runs: Sequence[Run]) -> list[Any]:
-        return [self._pool.apply_async(_local_task, (run,)) for run in runs]
+        done = lambda _: self._finished.set()
+        return [self._pool.apply_async(_local_task, (run,), callback=done, error_callback=done) for run in runs]
+
+    def wait(self, timeout: float) -> None:
+        self._finished.wait(timeout)
+        self._finished.clear()  # before the driver looks: a run finishing after this sets it again
 
     def ready(self, handle: Any) -> bool:
         return bool(handle.ready())
@@ -170,6 +192,7 @@ class LocalPool(Pool):
         else:
             self._pool.close()
         self._pool.join()
+        Path(self._payload_file).unlink(missing_ok=True)
 
 
 class SubmititPool(Pool):
@@ -250,6 +273,13 @@ class RayPool(Pool):
     def ready(self, handle: Any) -> bool:
         done, _ = self._ray.wait([handle], timeout=0)
         return bool(done)
+
+    def wait(self, timeout: float) -> None:
+        pending = [ref for ref in self._refs if not self.ready(ref)]
+        if pending:
+            self._ray.wait(pending, num_returns=1, timeout=timeout)
+        else:
+            time.sleep(timeout)
 
     def result(self, handle: Any) -> Outcome:
         return self._ray.get(handle)  # type: ignore[no-any-return]
