@@ -35,7 +35,7 @@ from lightning_lottery.plan import Plan, Run  # noqa: E402
 
 
 def trial(workers: int, out_dir: Path, args: argparse.Namespace) -> dict[str, float]:
-    command = [sys.executable, "-m", "lightning_lottery.cli", "find", "--config", "lenet300_fashion_mnist_controls",
+    command = [sys.executable, "-m", "lightning_lottery.console", "find", "--config", "lenet300_fashion_mnist_controls",
                "--trainer.max_steps", str(args.max_steps), "--lottery.levels", str(args.levels),
                "--lottery.replicates", str(args.replicates), "--lottery.out_dir", str(out_dir),
                "--wandb.enabled", "false", "--quiet", "true"]

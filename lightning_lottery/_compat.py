@@ -15,6 +15,8 @@ Example:
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,7 +26,15 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy
 from typing_extensions import override
 
-__all__ = ["LightningCompatError", "batch_in_epoch", "batches_done", "ddp_settings", "is_spawn_launcher", "override", "rebuild_ddp", "set_loop_position"]
+__all__ = ["LightningCompatError", "batch_in_epoch", "quiet_lightning", "batches_done", "ddp_settings", "is_spawn_launcher", "override", "rebuild_ddp", "set_loop_position"]
+
+
+def quiet_lightning() -> None:
+    """Lightning's per-fit banners (GPU available, tips, 'max_steps reached') and its own deprecation noise
+    (``isinstance(treespec, LeafSpec)``, from its ``_pytree``) would bury the level progress."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 class LightningCompatError(RuntimeError):

@@ -1,6 +1,7 @@
 """Replicates → summary statistics: mean, sample standard deviation and a Student-t 95% confidence interval.
 
-Rows of ``results.json`` are grouped by ``(branch, level)``; every metric is summarised over the rows of the
+Rows of ``results.json`` are grouped by ``(branch, level, at)`` (``at``: a stability run's rewind step when
+``lottery.stability.at`` lists several, else empty); every metric is summarised over the rows of the
 group where it is not null (``None`` or NaN), so a replicate with a missing value only drops out of that
 metric. Pure Python + numpy; the t quantile comes from scipy (a dependency of scikit-learn).
 
@@ -87,9 +88,9 @@ def aggregate(
     rows: Iterable[Mapping[str, Any]],
     metrics: Sequence[str] = DEFAULT_METRICS,
 ) -> list[dict[str, Any]]:
-    """Summarise ``rows`` per ``(branch, level)``.
+    """Summarise ``rows`` per ``(branch, level, at)``.
 
-    Each output row has ``branch``, ``level``, ``n`` (rows in the group, i.e. replicates) and, per metric,
+    Each output row has ``branch``, ``level``, ``at`` (``None`` unless the rows name a rewind step), ``n`` (rows in the group, i.e. replicates) and, per metric,
     ``<metric>_mean``, ``<metric>_std`` (ddof=1), ``<metric>_ci95`` (half-width of the 95% confidence interval
     of the mean, ``t(0.975, n-1) * std / sqrt(n)``) and ``<metric>_n`` (non-null values). ``std`` and ``ci95``
     are ``None`` below two values; ``mean`` is ``None`` without any. Output is sorted by branch (``ticket``
@@ -101,13 +102,14 @@ def aggregate(
         >>> out[0]["n"], out[0]["test_acc_mean"], round(out[0]["test_acc_std"], 6)
         (2, 0.905, 0.007071)
     """
-    groups: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
+    groups: dict[tuple[str, int, str], list[Mapping[str, Any]]] = {}
     for row in rows:
-        groups.setdefault((str(row.get("branch", "ticket")), int(row["level"])), []).append(row)
+        key = (str(row.get("branch", "ticket")), int(row["level"]), str(row.get("at") or ""))
+        groups.setdefault(key, []).append(row)
     out = []
-    for branch, level in sorted(groups, key=lambda key: (branch_sort_key(key[0]), key[1])):
-        members = groups[(branch, level)]
-        stats: dict[str, Any] = {"branch": branch, "level": level, "n": len(members)}
+    for branch, level, at in sorted(groups, key=lambda k: (branch_sort_key(k[0]), k[1], len(k[2]), k[2])):
+        members = groups[(branch, level, at)]
+        stats: dict[str, Any] = {"branch": branch, "level": level, "at": at or None, "n": len(members)}
         for metric in metrics:
             values = [v for v in (_number(r.get(metric)) for r in members) if v is not None]
             stats.update({f"{metric}_{key}": val for key, val in _summary(values).items()})
@@ -120,9 +122,9 @@ def aggregate_columns(metrics: Sequence[str] = DEFAULT_METRICS) -> list[str]:
 
     Example:
         >>> aggregate_columns(("test_acc",))
-        ['branch', 'level', 'n', 'test_acc_mean', 'test_acc_std', 'test_acc_ci95', 'test_acc_n']
+        ['branch', 'level', 'at', 'n', 'test_acc_mean', 'test_acc_std', 'test_acc_ci95', 'test_acc_n']
     """
-    return ["branch", "level", "n", *(f"{m}_{field}" for m in metrics for field in STAT_FIELDS)]
+    return ["branch", "level", "at", "n", *(f"{m}_{field}" for m in metrics for field in STAT_FIELDS)]
 
 
 def write_aggregate(
@@ -137,7 +139,7 @@ def write_aggregate(
         >>> path = pathlib.Path(tempfile.mkdtemp()) / "aggregate.csv"
         >>> _ = write_aggregate([{"branch": "ticket", "level": 0, "test_acc": 0.5}], path, metrics=("test_acc",))
         >>> path.read_text().splitlines()
-        ['branch,level,n,test_acc_mean,test_acc_std,test_acc_ci95,test_acc_n', 'ticket,0,1,0.5,,,1']
+        ['branch,level,at,n,test_acc_mean,test_acc_std,test_acc_ci95,test_acc_n', 'ticket,0,,1,0.5,,,1']
     """
     columns = aggregate_columns(metrics)
     buf = io.StringIO()

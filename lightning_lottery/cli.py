@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import logging
 import signal
 import sys
 import threading
-import warnings
 from argparse import ArgumentError
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,6 +29,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from jsonargparse.typing import PositiveInt
 
 from lightning_lottery import distributed
+from lightning_lottery._compat import quiet_lightning
 from lightning_lottery.config import LotteryConfig
 from lightning_lottery.data.errors import DataNotFoundError
 from lightning_lottery.export.commands import add_export_commands, run_benchmark, run_export
@@ -161,7 +160,7 @@ def _settings(parser: ArgumentParser, cfg: Namespace) -> tuple[LotteryConfig, Wa
 def _instantiate(parser: ArgumentParser, cfg: Namespace, seed: int) -> Namespace:
     if cfg.torch_num_threads:
         torch.set_num_threads(cfg.torch_num_threads)
-    _quiet_lightning_info()
+    quiet_lightning()
     pl.seed_everything(seed, workers=True, verbose=False)  # θ0 depends on the seed
     init = parser.instantiate(cfg)
     section = lambda key: cfg[key].as_dict() if cfg.get(key) is not None else None  # noqa: E731
@@ -289,13 +288,6 @@ def run_report(parser: ArgumentParser, cfg: Namespace) -> int:
             return 1
         print(f"W&B report: {url}")
     return 0
-
-
-def _quiet_lightning_info() -> None:
-    """Lightning's per-fit banners (GPU available, tips, 'max_steps reached') would bury the level progress."""
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def _logger_factory(template: Any) -> Any:

@@ -1,5 +1,6 @@
 """The ``lightning-lottery`` console script: answers ``--version`` and ``recipes`` without importing Lightning
-(several seconds), hands everything else to :func:`lightning_lottery.cli.main`.
+(several seconds), starts local workers early (:mod:`lightning_lottery.worker_start`) when the command line asks for
+them, hands everything else to :func:`lightning_lottery.cli.main`.
 
 Example:
     >>> from lightning_lottery.console import main
@@ -10,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Sequence
 
@@ -29,6 +31,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(recipe_listing())
         return 0
+    from lightning_lottery.recipe_files import resolve_recipes
+    from lightning_lottery.worker_start import warm
+
+    with contextlib.suppress(Exception):  # a bad command line is the CLI's to report
+        warm(resolve_recipes(args))  # local workers' imports overlap with the CLI's
     from lightning_lottery.cli import main as full
 
     return full(args)

@@ -19,12 +19,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Optional
 
 from lightning_lottery.sections import nested
 
-__all__ = ["LAUNCHERS", "LaunchSettings", "RaySettings", "SlurmSettings"]
+__all__ = ["LAUNCHERS", "LaunchSettings", "RaySettings", "SlurmSettings", "launcher_requested"]
 
 #: The launchers ``launch.launcher`` accepts.
 LAUNCHERS = ("local", "slurm", "ray")
@@ -168,6 +170,42 @@ class LaunchSettings:
         cores = cores or os.cpu_count() or 1
         share = max(cores // (self.max_in_flight() or 1), 1)
         return min(share, default) if default else share
+
+
+def launcher_requested(argv: Sequence[str]) -> str | None:
+    """The launcher a command line asks for, read before it is parsed: its ``--launcher`` / ``--launch.launcher``,
+    else the last ``--config`` recipe's ``launch.launcher``; ``None`` when neither says. Never raises (the parser
+    reports a bad command line).
+
+    Example:
+        >>> launcher_requested(["find", "--config", "no-such.yaml", "--launcher", "local", "--workers", "2"])
+        'local'
+        >>> launcher_requested(["find", "--launch.launcher=ray"]), launcher_requested(["find"])
+        ('ray', None)
+    """
+    given, recipes = None, []
+    for i, arg in enumerate(argv):
+        for flag in ("--launcher", "--launch.launcher"):
+            if arg == flag and i + 1 < len(argv):
+                given = argv[i + 1]
+            elif arg.startswith(flag + "="):
+                given = arg.split("=", 1)[1]
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            recipes.append(argv[i + 1])
+        elif arg.startswith("--config="):
+            recipes.append(arg.split("=", 1)[1])
+    if given is not None:
+        return given
+    for recipe in reversed(recipes):
+        try:
+            import yaml
+
+            section = (yaml.safe_load(Path(recipe).read_text()) or {}).get("launch") or {}
+        except Exception:  # noqa: BLE001  (not a readable recipe: the parser says so)
+            continue
+        if isinstance(section, dict) and section.get("launcher") is not None:
+            return str(section["launcher"])
+    return None
 
 
 def _positive(key: str, value: Any, optional: bool) -> None:

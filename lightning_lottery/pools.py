@@ -12,8 +12,6 @@ driver writes. A worker logs its run's W&B run itself (online or offline); the d
 from __future__ import annotations
 
 import hashlib
-import logging
-import multiprocessing
 import os
 import pickle
 import tempfile
@@ -26,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from lightning_lottery import distributed
+from lightning_lottery import distributed, worker_start
+from lightning_lottery._compat import quiet_lightning
 from lightning_lottery.atomic import atomic_write_bytes
 from lightning_lottery.claims import CLAIM_FILE, RunClaim
 from lightning_lottery.plan import Run
@@ -72,8 +71,7 @@ def worker_scheduler(payload: bytes, threads: int) -> PruningScheduler:
     key = hashlib.sha256(payload).hexdigest()
     if key not in _SCHEDULERS:
         torch.set_num_threads(threads)
-        for name in ("lightning.pytorch", "lightning.fabric"):  # no per-fit banners from workers
-            logging.getLogger(name).setLevel(logging.WARNING)
+        quiet_lightning()  # no per-fit banners from workers
         sent = pickle.loads(payload)  # {"scheduler": the pickled scheduler, "experiment_id": ...}
         scheduler: PruningScheduler = pickle.loads(sent["scheduler"])
         scheduler.experiment_id = sent["experiment_id"]
@@ -161,19 +159,20 @@ class Pool:
 
 
 class LocalPool(Pool):
-    """``workers`` processes on this machine (spawned, each with ``threads`` torch threads), each training one
-    run at a time."""
+    """``workers`` processes on this machine (forked from the fork server, :mod:`lightning_lottery.worker_start`),
+    each with ``threads`` torch threads, each training one run at a time."""
 
     def __init__(self, payload: bytes, workers: int, threads: int) -> None:
         fd, self._payload_file = tempfile.mkstemp(prefix="lightning-lottery-", suffix=".pkl")
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
         self._finished = threading.Event()
-        context = multiprocessing.get_context("spawn")  # no fork of a process with torch's threads running
-        self._pool = context.Pool(workers, initializer=_local_init, initargs=(self._payload_file, threads))
+        self._pool = worker_start.context().Pool(workers, initializer=_local_init, initargs=(self._payload_file, threads))
 
     def submit(self, runs: Sequence[Run]) -> list[Any]:
-        done = lambda _: self._finished.set()
+        def done(_: Any) -> None:
+            self._finished.set()
+
         return [self._pool.apply_async(_local_task, (run,), callback=done, error_callback=done) for run in runs]
 
     def wait(self, timeout: float) -> None:

@@ -58,11 +58,21 @@ def test_default_metrics_and_columns():
     assert out["remaining_mean"] == 1.0 and out["early_stop_iter_mean"] is None
 
 
+def test_stability_rows_at_several_rewind_steps_are_kept_apart():
+    rows = [{"branch": "stability", "level": 1, "replicate": r, "at": at, "test_acc": acc}
+            for r in (0, 1) for at, acc in (("100it", 0.8), ("1000it", 0.9), ("500it", 0.85))]
+    rows.append({"branch": "ticket", "level": 1, "replicate": 0, "test_acc": 0.7})
+    out = aggregate(rows, metrics=("test_acc",))
+    assert [(r["branch"], r["at"], r["n"], r["test_acc_mean"]) for r in out] == [
+        ("ticket", None, 1, 0.7), ("stability", "100it", 2, 0.8), ("stability", "500it", 2, 0.85),
+        ("stability", "1000it", 2, 0.9)]
+
+
 def test_write_aggregate_csv(tmp_path):
     path = write_aggregate(_rows(), tmp_path / "sub" / "aggregate.csv", metrics=("test_acc",))
     with open(path, newline="") as f:
         table = list(csv.DictReader(f))
-    assert list(table[0]) == ["branch", "level", "n", "test_acc_mean", "test_acc_std", "test_acc_ci95", "test_acc_n"]
+    assert list(table[0]) == ["branch", "level", "at", "n", "test_acc_mean", "test_acc_std", "test_acc_ci95", "test_acc_n"]
     assert [(r["branch"], r["level"], r["n"]) for r in table] == [("ticket", "0", "1"), ("ticket", "1", "3"),
                                                                   ("random_reinit", "1", "1")]
     assert table[0]["test_acc_std"] == "" and float(table[0]["test_acc_mean"]) == 0.95

@@ -277,3 +277,29 @@ def test_wandb_summary_has_the_stability_curves(tmp_path):
     stability_runs = [r for r in runs if r.job_type == "stability"]
     assert len(stability_runs) == 4 and len({r.run_id for r in stability_runs}) == 4  # one W&B run per (level, k)
     assert k_of({"rewind_step": 2}) == "2it"
+
+
+def test_wandb_runs_use_the_rewind_point_they_start_from(tmp_path):
+    """With rewind_to: auto the main line's runs use θk of the chosen step as their W&B input, not θ of level 0's
+    rewind_to; level 0 logs every θk copy, each under its own name."""
+    from lightning_lottery.tracking import WandbSettings
+    from lightning_lottery.tracking.offline import read_offline_run
+
+    torch.manual_seed(0)
+    out = tmp_path / "x"
+    PruningScheduler(TinyMLP(), TinyData(), levels=1, out_dir=str(out), val_every_n_steps=3, rewind_to="auto",
+                     stability={"levels": [1], "at": ["0it", "2it"], "alphas": 3, "max_barrier": 0.99},
+                     trainer_kwargs=TRAINER, stream=None,
+                     wandb=WandbSettings(project="lottery-tests", mode="offline")).run()
+    chosen = json.loads((out / "replicate_0/rewind_choice.json").read_text())["at"]
+    assert chosen == "0it"  # every barrier is below 99 pp: the smallest k
+    runs = {(r.job_type, r.config.get("level"), r.config.get("stability_at")): r
+            for r in (read_offline_run(p) for p in sorted((out / "wandb").glob("offline-run-*")))}
+    logged = {a["name"]: a for a in runs[("ticket", 0, None)].artifacts if not a["use_after_commit"]}
+    copies = {n: a["metadata"]["at"] for n, a in logged.items() if a["type"] == "lottery-rewind-point"}
+    assert sorted(copies.values(), key=str) == ["0it", "2it", None]  # rewind_to's point and both copies
+    def used(key: tuple) -> list[str]:  # offline, a used artifact is logged with use_after_commit
+        return sorted(a["name"].rsplit("-r0-", 1)[1] for a in runs[key].artifacts if a["use_after_commit"])
+
+    assert used(("ticket", 1, None)) == ["mask-level01", f"rewind-point-{chosen}"]
+    assert used(("stability", 1, "2it")) == ["mask-level01", "rewind-point-2it"]

@@ -93,6 +93,38 @@ def test_eta_is_bounded_by_the_critical_path_and_the_workers():
     assert eta_seconds(plan, set(plan.runs()[:7]), 2.0, workers=4) == 6.0  # replicate 1 is left: its critical path
 
 
+def test_the_longest_chain_starts_first():
+    plan = Plan(levels=3, replicates=2, main="ticket", controls=("random_mask", "random_reinit"))
+    level0 = {Run(0, "ticket", 0), Run(1, "ticket", 0)}
+    order = plan.by_urgency(plan.ready(level0), level0)
+    assert order[:2] == [Run(0, "ticket", 1), Run(1, "ticket", 1)]  # each starts 3 more levels; a control none
+    assert set(order[2:]) == {Run(r, b, 1) for r in (0, 1) for b in ("random_mask", "random_reinit")}
+    # with replicate 1's main line further on, replicate 0's next main-line run is the most urgent
+    ahead = level0 | {Run(1, "ticket", 1), Run(1, "ticket", 2)}
+    assert plan.by_urgency(plan.ready(ahead), ahead)[0] == Run(0, "ticket", 1)
+
+
+def test_the_launcher_is_read_from_the_command_line_before_parsing(tmp_path):
+    from lightning_lottery.pool_settings import launcher_requested
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("launch:\n  launcher: local\n  workers: 2\n")
+    assert launcher_requested(["find", "--config", str(recipe)]) == "local"
+    assert launcher_requested(["find", f"--config={recipe}", "--launcher", "ray"]) == "ray"  # the flag wins
+    assert launcher_requested(["find", "-c", str(recipe), "--launch.launcher=slurm"]) == "slurm"
+    assert launcher_requested(["find", "--config", str(tmp_path / "missing.yaml")]) is None
+    assert launcher_requested(["find", "--config", SMOKE]) is None
+
+
+def test_the_console_starts_the_fork_server_before_importing_torch():
+    code = ("import sys\nfrom multiprocessing import forkserver\nfrom lightning_lottery.worker_start import warm\n"
+            "print(warm(['find', '--launcher', 'local']), forkserver._forkserver._forkserver_pid is not None, "
+            "'torch' in sys.modules, warm(['find']))")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.split() == ["True", "True", "False", "False"]
+
+
 def test_launch_settings_are_checked():
     assert not LaunchSettings().parallel and LaunchSettings(launcher="ray").parallel
     assert LaunchSettings(launcher="local", workers=2).threads(cores=2, default=4) == 1

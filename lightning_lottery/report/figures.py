@@ -326,6 +326,7 @@ def render_all(record: ExperimentRecord, title: str, formats: Sequence[str] = ("
     from matplotlib import style
 
     stats = aggregate(record.rows, metrics=("test_acc", "early_stop_iter", "early_stop_test_acc", "remaining"))
+    stats = [{**s, "branch": f"{s['branch']} at {s['at']}"} if s.get("at") else s for s in stats]  # a line per k
     branches = sorted({s["branch"] for s in stats}, key=branch_sort_key)
     colors = branch_colors(branches)
     with style.context("default"), matplotlib.rc_context(RC_STYLE):

@@ -1,4 +1,4 @@
-"""The report's table: one row per (branch, level), means and 95% CIs over replicates, as HTML, Markdown or CSV."""
+"""The report's table: one row per (branch, level[, rewind step]), means and 95% CIs over replicates, as HTML, Markdown or CSV."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ __all__ = ["summary_table", "table_csv", "table_html", "table_markdown"]
 _TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("branch", "branch"),
     ("level", "level"),
+    ("at", "rewind step"),
     ("n", "replicates"),
     ("remaining", "% remaining"),
     ("compression", "compression (total/alive)"),
@@ -33,8 +34,10 @@ _TABLE_METRICS = ("remaining", "compression", "speedup", "measured_speedup", "te
                   "early_stop_test_acc", "early_bird_step", "steps_saved")
 #: Shown without a CI (exact per run, or one measurement per run).
 _NO_CI = ("remaining", "compression", "speedup", "measured_speedup")
-#: Columns shown only when some run has them (``measurements.json``; ``lottery.early_bird``).
-_OPTIONAL_COLUMNS = ("measured_speedup", "early_bird_step", "steps_saved")
+#: Columns shown only when some run has them (``measurements.json``; ``lottery.early_bird``; ``stability.at``).
+_OPTIONAL_COLUMNS = ("at", "measured_speedup", "early_bird_step", "steps_saved")
+#: Shown as they are (no number formatting).
+_TEXT = ("branch", "level", "at", "n")
 
 
 def _row_speedup(row: Mapping[str, Any], costs: Mapping[str, Mapping[str, int]]) -> float | None:
@@ -74,7 +77,8 @@ def summary_table(rows: Sequence[Mapping[str, Any]], costs: Mapping[str, Mapping
                and (measured or m != "measured_speedup")]
     out = []
     for stats in aggregate(augmented, metrics=metrics):
-        entry: dict[str, Any] = {"branch": stats["branch"], "level": stats["level"], "n": stats["n"]}
+        entry: dict[str, Any] = {"branch": stats["branch"], "level": stats["level"], "at": stats["at"],
+                                 "n": stats["n"]}
         for metric in metrics:
             entry[metric] = stats[f"{metric}_mean"]
             entry[f"{metric}_ci95"] = stats[f"{metric}_ci95"]
@@ -120,8 +124,9 @@ def table_html(table: Sequence[Mapping[str, Any]], with_speedup: bool) -> str:
         cells = []
         for key, _ in columns:
             value = entry.get(key)
-            if key in ("branch", "level", "n"):
-                cells.append(f'<td data-value="{html.escape(str(value))}">{html.escape(str(value))}</td>')
+            if key in _TEXT:
+                text = "" if value is None else str(value)
+                cells.append(f'<td data-value="{html.escape(text)}">{html.escape(text)}</td>')
             else:
                 raw = "" if value is None else repr(float(value))
                 cells.append(f'<td data-value="{raw}">{html.escape(_fmt_cell(key, entry))}</td>')
@@ -135,7 +140,7 @@ def table_markdown(table: Sequence[Mapping[str, Any]], with_speedup: bool) -> st
     columns = _table_columns(with_speedup, table)
     lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
     for entry in table:
-        cells = [str(entry[k]) if k in ("branch", "level", "n") else _fmt_cell(k, entry) for k, _ in columns]
+        cells = [str(entry.get(k) or "") if k in _TEXT else _fmt_cell(k, entry) for k, _ in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

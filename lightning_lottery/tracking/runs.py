@@ -95,14 +95,14 @@ def mask_artifact_name(experiment_id: str, branch: str, replicate: int, level: i
     return _artifact_name(f"{experiment_id}-{branch}-r{replicate}-mask-level{level:02d}")
 
 
-def rewind_artifact_name(experiment_id: str, replicate: int) -> str:
-    """Artifact name of a replicate's rewind point.
+def rewind_artifact_name(experiment_id: str, replicate: int, at: str = "") -> str:
+    """Artifact name of a replicate's rewind point (``at``: its copy at one of several steps, ``stability.at``).
 
     Example:
-        >>> rewind_artifact_name("smoke-1a2b3c4d", 1)
-        'smoke-1a2b3c4d-r1-rewind-point'
+        >>> rewind_artifact_name("smoke-1a2b3c4d", 1), rewind_artifact_name("smoke-1a2b3c4d", 1, "500it")
+        ('smoke-1a2b3c4d-r1-rewind-point', 'smoke-1a2b3c4d-r1-rewind-point-500it')
     """
-    return _artifact_name(f"{experiment_id}-r{replicate}-rewind-point")
+    return _artifact_name(f"{experiment_id}-r{replicate}-rewind-point{f'-{at}' if at else ''}")
 
 
 def _artifact_name(raw: str) -> str:

@@ -40,10 +40,11 @@ class WandbTracker:
     """Starts each run's W&B run (with the artifacts it uses) and closes it with summary values and artifacts.
 
     Lineage: a main-line run at level L ≥ 1 and every control at level L *use* the replicate's rewind point
-    (``lottery-rewind-point``, logged by the main line's level-0 run) and the main line's mask of level L
+    (``lottery-rewind-point``, logged by the main line's level-0 run; with ``rewind_to: auto`` its copy θk at the
+    chosen step, a stability run at one of several steps θk of its step) and the main line's mask of level L
     (``lottery-mask``, logged by the main line's run at L−1, which pruned it); each run *logs* its ticket
     (``lottery-ticket``), the main line's runs the mask they pruned for the next level and level 0 the rewind
-    point, controls with a mask of their own (``random_mask``, ``oneshot``) that mask. Artifact names are
+    point (and every θk copy of ``stability.at``, each under its own name), controls with a mask of their own (``random_mask``, ``oneshot``) that mask. Artifact names are
     deterministic (:func:`ticket_artifact_name`, :func:`mask_artifact_name`, :func:`rewind_artifact_name`); a
     used artifact is built from the same file as the one logged, so it has the same digest and W&B resolves it to
     that version. Offline, ``wandb.Run.use_artifact`` refuses everything (wandb 0.31: ``TypeError: Cannot use
@@ -114,38 +115,44 @@ class WandbTracker:
         run.define_metric("trainer/global_step")
         run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
         if self.settings.log_tickets:
-            for artifact in self._inputs(info.replicate, info.level):
+            for artifact in self._inputs(info):
                 use_artifact(run, artifact)
         return WandbLogger(name=name, id=rid, experiment=run, save_dir=str(self.dir), log_model=False,
                            project=self.settings.project)
 
     # ------------------------------------------------------------------------------------------- artifacts
-    def _inputs(self, replicate: int, level: int) -> list[Any]:
-        """The artifacts a run at ``level`` starts from: nothing at level 0, else the replicate's rewind point
-        and the main line's mask of the level."""
-        from lightning_lottery.plan import Run
+    def _inputs(self, info: LevelInfo) -> list[Any]:
+        """The artifacts a run starts from: its rewind point (θk of its step for a stability run at one of several
+        steps; with ``rewind_to: auto`` the chosen one) and, from level 1, the main line's mask of the level."""
+        from lightning_lottery.plan import STABILITY, Run
 
-        if level == 0:
-            return []
-        return [self.rewind_artifact(replicate),
-                self.mask_artifact(Run(replicate, self.main_branch, level))]
+        at, step = info.at or "", None
+        if not at and info.branch != STABILITY:
+            chosen = self.store.read_choices().get(info.replicate) or {}
+            at, step = str(chosen.get("at") or ""), chosen.get("step")
+        point = [self.rewind_artifact(info.replicate, step, at)] if at or info.level > 0 else []
+        if info.level == 0:
+            return point
+        return [*point, self.mask_artifact(Run(info.replicate, self.main_branch, info.level))]
 
-    def rewind_artifact(self, replicate: int, rewind_step: int | None = None) -> Any:
-        """The rewind point of a replicate as an artifact (``lottery-rewind-point``)."""
+    def rewind_artifact(self, replicate: int, rewind_step: int | None = None, at: str = "") -> Any:
+        """The rewind point of a replicate as an artifact (``lottery-rewind-point``); ``at``: its copy at that
+        step (``stability.at``)."""
         import wandb
 
         from lightning_lottery.plan import Run
 
-        path = self.store.rewind_file(replicate)
-        if rewind_step is None:
+        path = self.store.snapshot_file(replicate, at) if at else self.store.rewind_file(replicate)
+        if rewind_step is None and not at:
             try:
                 rewind_step = self.store.read_metrics(Run(replicate, self.main_branch, 0)).get("rewind_step")
             except (OSError, ValueError):
                 rewind_step = None
         artifact = wandb.Artifact(
-            rewind_artifact_name(self.experiment_id, replicate), type="lottery-rewind-point",
-            metadata={"replicate": replicate, "rewind_step": rewind_step, "sha256": file_sha256(path),
-                      "experiment_id": self.experiment_id, "recipe_hash": self.experiment_hash})
+            rewind_artifact_name(self.experiment_id, replicate, at), type="lottery-rewind-point",
+            metadata={"replicate": replicate, "rewind_step": rewind_step, "at": at or None,
+                      "sha256": file_sha256(path), "experiment_id": self.experiment_id,
+                      "recipe_hash": self.experiment_hash})
         artifact.add_file(str(path), name="rewind_point.pt")
         return artifact
 
@@ -191,6 +198,9 @@ class WandbTracker:
         if run.branch == self.main_branch:
             if run.level == 0 and self.store.rewind_file(run.replicate).is_file():
                 out.append((self.rewind_artifact(run.replicate, row.get("rewind_step")), ["latest"]))
+            copies = self.store.snapshot_file(run.replicate, "*").parent
+            for copy in sorted(copies.glob("*.pt")) if run.level == 0 else ():  # θk at each step of stability.at
+                out.append((self.rewind_artifact(run.replicate, at=copy.stem), ["latest"]))
             pruned = run.next_level()
             if self.store.mask_file(pruned).is_file():  # the main line pruned the next level's mask
                 out.append((self.mask_artifact(pruned), ["latest", f"level-{pruned.level}"]))
