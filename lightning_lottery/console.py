@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import gc
 import sys
 from collections.abc import Sequence
 
@@ -36,8 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with contextlib.suppress(Exception):  # a bad command line is the CLI's to report
         warm(resolve_recipes(args))  # local workers' imports overlap with the CLI's
+    gc.disable()  # the imports make objects that live to the end: full collections over them are wasted work
     from lightning_lottery.cli import main as full
 
+    gc.freeze()  # out of the collector's way from now on
+    gc.enable()
     return full(args)
 
 

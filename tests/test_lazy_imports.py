@@ -44,3 +44,13 @@ def test_find_and_the_scheduler_import_nothing_heavy_beyond_lightning():
 def test_the_console_answers_version_without_lightning():
     added = _modules_added("", "from lightning_lottery.console import main\nmain(['--version'])")
     assert not [n for n in added if n.split(".")[0] in ("torch", "lightning")]
+
+
+def test_the_console_imports_without_the_collector_then_turns_it_back_on(tmp_path):
+    """The imports' objects are frozen (no full collection walks them again) and collection is on for the command."""
+    code = ("import gc\nfrom lightning_lottery.console import main\ntry:\n    main(['report', "
+            f"{str(tmp_path / 'none')!r}])\nexcept SystemExit:\n    pass\n"
+            "import torch\nprint(gc.isenabled(), gc.get_freeze_count() > 100000)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, check=True)
+    assert done.stdout.split() == ["True", "True"]
