@@ -50,7 +50,7 @@ def test_random_unstructured_masks_keep_the_outputs(alive):
 @torch.no_grad()
 def test_hand_built_dead_channels_dropped_or_folded_exactly():
     model = tiny()
-    b1, b2, b3 = model.stage1.block1, model.stage2.block1, model.stage3.block1
+    b1, b2 = model.stage1.block1, model.stage2.block1
     b1.bn1.running_mean[1:3] = 0.0
     b1.bn1.bias[1], b1.bn1.bias[2] = -3.0, 2.0  # constants relu(-3) = 0 and relu(2) = 2 once the fan-in is cut
     b2.bn1.running_mean.zero_()
@@ -130,6 +130,17 @@ def test_unsupported_resnet_parts_are_named():
     model.stage2.block1 = Other(4, 8, stride=2)
     with pytest.raises(UnsupportedModelError, match="'stage2.block1'.*Other.*not a BasicBlock"):
         compact_resnet(model, ones(model), SHAPE)
+
+    class Residual(nn.Module):  # any other graph with an add: one clear error naming it
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.fc(x)
+
+    with pytest.raises(UnsupportedModelError, match="'Residual'.*not an nn.Sequential"):
+        export_model(Residual(), ones(Residual()), "compact", (4,))
 
 
 def test_cli_export_compact_of_a_resnet20_ticket(tmp_path, capsys):

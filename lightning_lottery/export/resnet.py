@@ -238,8 +238,9 @@ def compact_resnet(model: nn.Module, mask: Mapping[str, Tensor], input_shape: Se
 
 def describe_resnet_report(comp: Mapping[str, Any]) -> list[str]:
     """The lines of ``lightning-lottery export``'s output for a ResNet compaction report."""
-    lines = [f"internal block channels removed {comp['channels_removed']}; residual channels "
-             f"{comp['residual_channels']}; parameters {comp['parameters_before']:,} -> {comp['parameters_after']:,}"]
+    lines = [(f"internal block channels removed {comp['channels_removed']}; residual channels "
+              f"{comp['residual_channels']}; parameters {comp['parameters_before']:,} -> "
+              f"{comp['parameters_after']:,}")]
     for r in comp["blocks"]:
         lines.append(f"  {r['block']}: {r['channels_kept']}/{r['channels']} internal channels kept "
                      f"({r['fan_out_pruned']} with all fan-out pruned, {r['fan_in_pruned_zero']} with all fan-in "
