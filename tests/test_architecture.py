@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lightning_lottery"
 #: Modules of pure logic: they must not import Lightning (DESIGN.md).
 PURE = ("masks", "criteria", "selection", "pruning", "plan", "result", "atomic", "rewind", "ticket", "branches",
         "aggregate", "distributed", "store", "saliency", "export", "export.layers", "export.chain",
-        "export.compact", "export.sparse", "export.io", "export.bench")
+        "export.compact", "export.sparse", "export.io", "export.bench", "export.resnet")
 
 
 def _module_name(path: Path) -> str:

@@ -46,8 +46,9 @@ def model_chain(model: nn.Module) -> tuple[str, list[tuple[str, nn.Module]]]:
         raise UnsupportedModelError(
             f"module {where!r} ({type(root).__qualname__}) is not an nn.Sequential: its forward is its own code (e.g. "
             "residual adds), which compaction cannot rewrite. Compaction supports nn.Sequential chains of "
-            "Linear/Conv/BatchNorm/activation/Flatten/Pool layers and the reference models LeNet300100, ConvNet and "
-            "VGG; --format sparse (Linear layers only) works for any model")
+            "Linear/Conv/BatchNorm/activation/Flatten/Pool layers, the reference models LeNet300100, ConvNet and "
+            "VGG, and ResNet-20 / CifarResNet (export.resnet); --format sparse (Linear layers only) works for any "
+            "model")
     out: list[tuple[str, nn.Module]] = []
 
     def walk(seq: nn.Sequential, base: str) -> None:
@@ -76,6 +77,8 @@ def default_input_shape(model: nn.Module) -> tuple[int, ...] | None:
         return (int(hp.get("in_channels", 3)), size, size)
     if kind in ("VGG", "ResNet20"):
         return (int(hp.get("in_channels", 3)), 32, 32)
+    if kind == "CifarResNet":
+        return (int(model.conv.in_channels), 32, 32)  # type: ignore[union-attr]
     first = next((m for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))), None)
     if isinstance(first, nn.Linear):
         return (first.in_features,)

@@ -32,6 +32,7 @@ from lightning_lottery.export.chain import default_input_shape, masked_copy, mod
 from lightning_lottery.export.compact import compact
 from lightning_lottery.export.io import INFO_FILE, load_export, read_export_info, save_export
 from lightning_lottery.export.layers import UnsupportedModelError, fuse_linear_relu
+from lightning_lottery.export.resnet import compact_resnet, describe_resnet_report, is_cifar_resnet
 from lightning_lottery.export.semistructured import project_model, require_cuda_2_4, to_semi_structured
 from lightning_lottery.export.sparse import sparsify
 from lightning_lottery.masks import MaskError, read_safetensors
@@ -146,6 +147,9 @@ def export_model(model: nn.Module, mask: Mapping[str, Tensor], fmt: str, input_s
         projected, _, report["projection"] = project_model(model, mask)
         _, report["semi_structured"] = to_semi_structured(plain_network(projected))
         return plain_network(projected), report, shape
+    if fmt == "compact" and is_cifar_resnet(model):  # ResNet-20: each block's internal channels
+        small, report["compaction"] = compact_resnet(model, mask, shape)
+        return small, report, shape
     try:
         model_chain(model)
         chain = True
@@ -184,6 +188,8 @@ def describe_report(report: Mapping[str, Any]) -> str:
     comp = report.get("compaction")
     if isinstance(comp, str):
         lines.append(f"compaction {comp}")
+    elif comp and comp.get("kind") == "resnet":
+        lines += describe_resnet_report(comp)
     elif comp:
         lines.append(f"inputs kept {comp['inputs_kept']}/{comp['inputs']}; units removed {comp['units_removed']}; "
                      f"parameters {comp['parameters_before']:,} -> {comp['parameters_after']:,}")

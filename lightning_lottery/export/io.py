@@ -6,6 +6,8 @@
 * ``kind: "chain"`` (compact, and sparse over a compacted chain): ``layers`` is the list of
   ``{"name", "type", "args"}`` of :func:`~lightning_lottery.export.layers.describe`; loading builds an
   ``nn.Sequential`` of them and loads the tensors;
+* ``kind: "resnet"`` (compact ResNet-20 / ``CifarResNet``): ``architecture``, the arguments of
+  :class:`~lightning_lottery.export.resnet.CompactResNet` (per-block internal widths); loading builds it;
 * ``kind: "module"`` (sparse over a model that is not a chain, e.g. ResNet-20): ``class_path`` and ``init_args``
   of the original model and ``sparse`` (the names of its SparseLinear modules); loading imports that class,
   instantiates it, swaps those modules and loads the tensors. Only a class is imported; no object is unpickled.
@@ -36,6 +38,7 @@ from torch import Tensor, nn
 from lightning_lottery.atomic import atomic_write_bytes
 from lightning_lottery.export.chain import set_submodule
 from lightning_lottery.export.layers import SparseLinear, UnsupportedModelError, build, describe
+from lightning_lottery.export.resnet import CompactResNet
 from lightning_lottery.masks import MaskError, read_safetensors
 
 __all__ = ["load_export", "read_export_info", "save_export"]
@@ -70,6 +73,8 @@ def save_export(model: nn.Module, directory: str | Path, *, input_shape: Sequenc
     if isinstance(model, nn.Sequential) and all(not isinstance(m, nn.Sequential) for m in model.children()):
         doc["kind"] = "chain"
         doc["layers"] = [{"name": n, **describe(m, n)} for n, m in model.named_children()]
+    elif type(model) is CompactResNet:
+        doc.update(kind="resnet", architecture=model.architecture())
     else:
         base = source if source is not None else model
         doc.update(kind="module", class_path=_class_path(base), init_args=_init_args(base),
@@ -125,6 +130,8 @@ def load_export(directory: str | Path) -> nn.Module:
     tensors, _ = read_safetensors(Path(directory) / MODEL_FILE)
     if doc["kind"] == "chain":
         model: nn.Module = nn.Sequential(OrderedDict((spec["name"], build(spec)) for spec in doc["layers"]))
+    elif doc["kind"] == "resnet":
+        model = CompactResNet(**doc["architecture"])
     else:
         module_name, _, cls_name = doc["class_path"].rpartition(".")
         cls = getattr(importlib.import_module(module_name), cls_name)
