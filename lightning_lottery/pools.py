@@ -123,12 +123,10 @@ _LOCAL: dict[str, Any] = {}
 
 
 def _local_init(payload_file: str, threads: int) -> None:
-    """A local worker's start: the payload read from its file (a path through the spawn pipe, not the payload: a
-    large write there blocks the driver until each child has imported its modules, one child after another) and
-    the heavy imports done now, while the driver still sets up."""
+    """A local worker's start: the payload read from its file (a path through the start pipe, not the payload: a
+    large write there blocks the driver until each child has imported its modules, one child after another)."""
     torch.set_num_threads(threads)
     _LOCAL.update(payload=Path(payload_file).read_bytes(), threads=threads)
-    import lightning_lottery.scheduler  # noqa: F401  (Lightning, torchmetrics: what unpickling the payload needs)
 
 
 def _local_task(run: Run) -> Outcome:
