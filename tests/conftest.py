@@ -138,3 +138,23 @@ def tiny_data() -> TinyData:
 def _run_in_tmp_path(tmp_path, monkeypatch):
     """Tests write nothing into the checkout (Lightning's default checkpoints, logs, wandb/ go to tmp_path)."""
     monkeypatch.chdir(tmp_path)
+
+
+def ticket_run_and_export_parser(root, model: nn.Module, mask: dict, class_path: str, init_args: dict):
+    """A run directory under ``root`` holding ``model``'s ticket under ``mask`` (``root/experiment.json`` names the
+    model's class), and a parser of the export commands: what ``lightning-lottery export RUN`` reads."""
+    import json
+
+    from jsonargparse import ArgumentParser
+
+    from lightning_lottery.export.commands import add_export_commands
+    from lightning_lottery.ticket import Ticket
+
+    run = root / "replicate_0" / "ticket" / "level_01"
+    run.mkdir(parents=True)
+    Ticket.from_model(model, mask).save(run / "ticket.safetensors")
+    (root / "experiment.json").write_text(json.dumps({"config": {"model": {"class_path": class_path,
+                                                                           "init_args": init_args}}}))
+    parser = ArgumentParser(exit_on_error=False)
+    add_export_commands(parser.add_subcommands(required=True, dest="command"))
+    return run, parser

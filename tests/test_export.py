@@ -7,11 +7,12 @@ import json
 
 import pytest
 import torch
+from conftest import ticket_run_and_export_parser
 from torch import nn
 
 from lightning_lottery.export import SparseLinear, UnsupportedModelError, compact, sparsify
 from lightning_lottery.export.chain import masked_copy
-from lightning_lottery.export.commands import add_export_commands, export_model, run_benchmark, run_export
+from lightning_lottery.export.commands import export_model, run_benchmark, run_export
 from lightning_lottery.export.io import load_export, save_export
 from lightning_lottery.masks import prunable_parameters
 from lightning_lottery.models import VGG, ConvNet, LeNet300100, ResNet20
@@ -174,18 +175,11 @@ def test_sparse_choice_is_measured_per_layer():
 
 
 def test_cli_export_and_benchmark(tmp_path, capsys):
-    from jsonargparse import ArgumentParser
-
     model = LeNet300100(in_features=16, hidden_sizes=(8, 4))
     mask = random_mask(model, 0.5)
     mask["net.fc2.weight"][:, :3] = False
-    run = tmp_path / "replicate_0" / "ticket" / "level_01"
-    run.mkdir(parents=True)
-    Ticket.from_model(model, mask).save(run / "ticket.safetensors")
-    (tmp_path / "experiment.json").write_text(json.dumps({"config": {"model": {
-        "class_path": "lightning_lottery.models.LeNet300100", "init_args": {"in_features": 16, "hidden_sizes": [8, 4]}}}}))
-    parser = ArgumentParser(exit_on_error=False)
-    add_export_commands(parser.add_subcommands(required=True, dest="command"))
+    run, parser = ticket_run_and_export_parser(tmp_path, model, mask, "lightning_lottery.models.LeNet300100",
+                                               {"in_features": 16, "hidden_sizes": [8, 4]})
     cfg = parser.parse_args(["export", str(run), "--format", "compact", "--onnx", "false"])
     assert run_export(parser, cfg.export) == 0
     assert "units removed 3" in capsys.readouterr().out

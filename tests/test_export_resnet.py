@@ -8,12 +8,13 @@ import json
 
 import pytest
 import torch
+from conftest import ticket_run_and_export_parser
 from test_export import TOL, assert_same, random_mask, randomize
 from torch import nn
 
 from lightning_lottery.export import CompactResNet, UnsupportedModelError, compact_resnet
 from lightning_lottery.export.chain import masked_copy
-from lightning_lottery.export.commands import add_export_commands, describe_report, export_model, run_export
+from lightning_lottery.export.commands import describe_report, export_model, run_export
 from lightning_lottery.export.io import load_export, save_export
 from lightning_lottery.masks import prunable_parameters
 from lightning_lottery.models import ResNet20
@@ -144,18 +145,11 @@ def test_unsupported_resnet_parts_are_named():
 
 
 def test_cli_export_compact_of_a_resnet20_ticket(tmp_path, capsys):
-    from jsonargparse import ArgumentParser
-
     model = ResNet20(width=4)
     mask = random_mask(model, 0.5)
     mask["net.stage2.block2.conv2.weight"][:, :5] = False
-    run = tmp_path / "replicate_0" / "ticket" / "level_01"
-    run.mkdir(parents=True)
-    Ticket.from_model(model, mask).save(run / "ticket.safetensors")
-    (tmp_path / "experiment.json").write_text(json.dumps({"config": {"model": {
-        "class_path": "lightning_lottery.models.ResNet20", "init_args": {"width": 4}}}}))
-    parser = ArgumentParser(exit_on_error=False)
-    add_export_commands(parser.add_subcommands(required=True, dest="command"))
+    run, parser = ticket_run_and_export_parser(tmp_path, model, mask, "lightning_lottery.models.ResNet20",
+                                               {"width": 4})
     cfg = parser.parse_args(["export", str(run), "--format", "compact", "--onnx", "false",
                              "--input_shape", "[3,8,8]"])
     assert run_export(parser, cfg.export) == 0
