@@ -3,7 +3,6 @@ is killed, per-run claims (a stale one taken over, a live one waited for), the c
 
 from __future__ import annotations
 
-import csv
 import os
 import subprocess
 import sys
@@ -46,16 +45,10 @@ def _find(out: Path, args: list[str], *extra: str, env: dict[str, str] | None = 
 
 
 def _outcome(out: Path) -> dict[str, object]:
-    from test_resume import _content  # masks and tickets by content (safetensors metadata order aside)
+    from test_resume import _outcome as rows_and_files  # masks and tickets by content (metadata order aside)
 
-    with open(out / "results.csv") as f:
-        rows = [{k: v for k, v in row.items() if k != "wall_s"} for row in csv.DictReader(f)]
-    files = {p.relative_to(out).as_posix(): _content(p)
-             for pattern in ("replicate_*/*/level_*/mask.safetensors", "replicate_*/*/level_*/ticket.safetensors",
-                             "replicate_*/rewind_point.pt")
-             for p in sorted(out.glob(pattern))}
     aggregate = (out / "aggregate.csv").read_text()
-    return {"rows": rows, "files": files, "aggregate_lines": len(aggregate.splitlines())}
+    return {**rows_and_files(out), "aggregate_lines": len(aggregate.splitlines())}
 
 
 @pytest.fixture(scope="module")
@@ -253,18 +246,15 @@ def test_a_live_claim_is_waited_for_and_a_stale_one_taken_over(sequential, tmp_p
     assert len({r.run_id for r in records}) == 4
 
 
-def test_submitit_local_executor_gives_the_sequential_results(sequential, tmp_path):
-    pytest.importorskip("submitit", reason="the slurm extra (pip install 'lightning-lottery[slurm]') is not installed")
-    out = tmp_path / "submitit"
-    proc = _find(out, TINY, "--launcher", "slurm", "--launch.slurm.cluster", "local", "--wandb.enabled", "false")
+@pytest.mark.parametrize("engine, extra, launch", [
+    ("submitit", "slurm", ["--launcher", "slurm", "--launch.slurm.cluster", "local"]),
+    ("ray", "ray", ["--launcher", "ray", "--launch.ray.local_cpus", "2"]),
+], ids=["submitit-local-executor", "ray-local-instance"])
+def test_cluster_engines_give_the_sequential_results(sequential, tmp_path, engine, extra, launch):
+    pytest.importorskip(engine, reason=f"the {extra} extra (pip install 'lightning-lottery[{extra}]') is not installed")
+    out = tmp_path / engine
+    proc = _find(out, TINY, *launch, "--wandb.enabled", "false")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _outcome(out) == sequential["tiny"]
-    assert list((out / "submitit").glob("*/*_result.pkl"))  # the runs went through submitit's jobs
-
-
-def test_ray_local_instance_gives_the_sequential_results(sequential, tmp_path):
-    pytest.importorskip("ray", reason="the ray extra (pip install 'lightning-lottery[ray]') is not installed")
-    out = tmp_path / "ray"
-    proc = _find(out, TINY, "--launcher", "ray", "--launch.ray.local_cpus", "2", "--wandb.enabled", "false")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert _outcome(out) == sequential["tiny"]
+    if engine == "submitit":
+        assert list((out / "submitit").glob("*/*_result.pkl"))  # the runs went through submitit's jobs
