@@ -165,7 +165,8 @@ class LocalPool(Pool):
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
         self._finished = threading.Event()
-        self._pool = worker_start.context().Pool(workers, initializer=_local_init, initargs=(self._payload_file, threads))
+        self._pool = worker_start.context().Pool(workers, initializer=_local_init,
+                                                 initargs=(self._payload_file, threads))
 
     def submit(self, runs: Sequence[Run]) -> list[Any]:
         def done(_: Any) -> None:
@@ -272,7 +273,7 @@ class RayPool(Pool):
         return bool(done)
 
     def wait(self, timeout: float) -> None:
-        pending = [ref for ref in self._refs if not self.ready(ref)]
+        _, pending = self._ray.wait(self._refs, num_returns=len(self._refs), timeout=0)  # one call, not one per run
         if pending:
             self._ray.wait(pending, num_returns=1, timeout=timeout)
         else:

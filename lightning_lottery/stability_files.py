@@ -37,9 +37,13 @@ class StabilityFiles:
     root: Path
     _produced: list[Path]
 
+    def snapshot_dir(self, replicate: int) -> Path:
+        """Where the θk copies of ``replicate`` are (one file per rewind step of ``stability.at``)."""
+        return self.root / f"replicate_{replicate}" / "rewind_points"
+
     def snapshot_file(self, replicate: int, at: str) -> Path:
         """θk of ``replicate`` at the rewind step ``at``."""
-        return self.root / f"replicate_{replicate}" / "rewind_points" / f"{at}.pt"
+        return self.snapshot_dir(replicate) / f"{at}.pt"
 
     def load_snapshot(self, replicate: int, at: str) -> RewindState:
         return RewindState.load(self.snapshot_file(replicate, at))

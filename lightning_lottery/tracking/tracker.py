@@ -43,13 +43,14 @@ class WandbTracker:
     (``lottery-rewind-point``, logged by the main line's level-0 run; with ``rewind_to: auto`` its copy θk at the
     chosen step, a stability run at one of several steps θk of its step) and the main line's mask of level L
     (``lottery-mask``, logged by the main line's run at L−1, which pruned it); each run *logs* its ticket
-    (``lottery-ticket``), the main line's runs the mask they pruned for the next level and level 0 the rewind
-    point (and every θk copy of ``stability.at``, each under its own name), controls with a mask of their own (``random_mask``, ``oneshot``) that mask. Artifact names are
-    deterministic (:func:`ticket_artifact_name`, :func:`mask_artifact_name`, :func:`rewind_artifact_name`); a
-    used artifact is built from the same file as the one logged, so it has the same digest and W&B resolves it to
-    that version. Offline, ``wandb.Run.use_artifact`` refuses everything (wandb 0.31: ``TypeError: Cannot use
-    artifact when in offline mode``); :func:`use_artifact` then writes the record ``use_artifact`` itself writes
-    for a local artifact online (``user_created``, ``use_after_commit``), which ``wandb sync`` replays as a use.
+    (``lottery-ticket``), the main line's runs the mask they pruned for the next level and level 0 the rewind point
+    (and every θk copy of ``stability.at``, each under its own name), controls with a mask of their own
+    (``random_mask``, ``oneshot``) that mask. Artifact names are deterministic (:func:`ticket_artifact_name`,
+    :func:`mask_artifact_name`, :func:`rewind_artifact_name`); a used artifact is built from the same file as the
+    one logged, so it has the same digest and W&B resolves it to that version. Offline, ``wandb.Run.use_artifact``
+    refuses everything (wandb 0.31: ``TypeError: Cannot use artifact when in offline mode``); :func:`use_artifact`
+    then writes the record ``use_artifact`` itself writes for a local artifact online (``user_created``,
+    ``use_after_commit``), which ``wandb sync`` replays as a use.
 
     Args:
         settings: the ``wandb:`` settings.
@@ -198,8 +199,8 @@ class WandbTracker:
         if run.branch == self.main_branch:
             if run.level == 0 and self.store.rewind_file(run.replicate).is_file():
                 out.append((self.rewind_artifact(run.replicate, row.get("rewind_step")), ["latest"]))
-            copies = self.store.snapshot_file(run.replicate, "*").parent
-            for copy in sorted(copies.glob("*.pt")) if run.level == 0 else ():  # θk at each step of stability.at
+            copies = sorted(self.store.snapshot_dir(run.replicate).glob("*.pt")) if run.level == 0 else []
+            for copy in copies:  # θk at each step of stability.at
                 out.append((self.rewind_artifact(run.replicate, at=copy.stem), ["latest"]))
             pruned = run.next_level()
             if self.store.mask_file(pruned).is_file():  # the main line pruned the next level's mask
