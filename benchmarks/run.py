@@ -9,7 +9,9 @@ docs/performance.md). What is measured:
               LeNet-300-100 and Conv-2, batch 60: dense Lightning (no callback), our ``LotteryTicket`` with a
               random 50%-alive mask, and Lightning's ``ModelPruning`` holding the same mask through
               ``torch.nn.utils.prune`` (forward pre-hooks, ``weight_orig * weight_mask``). For LeNet also a bare
-              PyTorch loop (same network, optimizer, data). Every variant runs in its own thread, but only one
+              PyTorch loop (same network, optimizer, data) and two floors of any callback: dense Lightning plus one
+              callback that does nothing (Lightning's per-hook dispatch) and plus one that only masks the gradients
+              (that and the multiply LotteryTicket does per step). Every variant runs in its own thread, but only one
               thread works at a time: they take turns in blocks of steps (A, B, C, A, B, C, ...), so machine noise
               hits all alike. Medians over the timed blocks, after warm-up blocks.
 2. memory     Bytes added per prunable weight: by inspecting the tensors each method keeps (and where it keeps
@@ -350,12 +352,30 @@ def bench_trainer(device: torch.device, max_steps: int, callbacks: list[Any], **
 
 
 def variant_callbacks(variant: str, model: nn.Module, mask: Mapping[str, torch.Tensor]) -> list[Any]:
+    from lightning.pytorch.callbacks import Callback
+
     from lightning_lottery import LotteryTicket
+    from lightning_lottery.masks import mask_gradients_
+
+    class NoOp(Callback):  # what Lightning's dispatch of every hook to one more callback costs
+        state_key = "NoOp"
+
+    class GradientMask(NoOp):  # that, plus the per-step work LotteryTicket does (one multiply of the gradients)
+        def __init__(self) -> None:
+            names = dict(model.named_parameters())
+            self.params, self.masks = [names[n] for n in mask], list(mask.values())
+
+        def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+            mask_gradients_(self.params, self.masks)
 
     if variant == "lottery":
         return [LotteryTicket(mask, rewind_to="0it")]
     if variant == "modelpruning":
         return [model_pruning_callback(model, mask)]
+    if variant == "noop":
+        return [NoOp()]
+    if variant == "gradmask":
+        return [GradientMask()]
     return []
 
 
@@ -364,6 +384,8 @@ VARIANT_LABELS = {
     "lottery": "LotteryTicket, 50% mask",
     "modelpruning": "ModelPruning (torch prune reparam.), same mask",
     "bare": "bare PyTorch loop, dense",
+    "noop": "dense + one callback that does nothing (dispatch floor)",
+    "gradmask": "dense + one callback that only masks the gradients",
 }
 
 
@@ -477,7 +499,8 @@ def check_variants(state: Mapping[str, Mapping[str, Any]], mask: Mapping[str, to
 def bench_steps(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
     results = []
     for spec in model_specs(args.conv_input, args.models):
-        variants = ["dense", "lottery", "modelpruning"] + (["bare"] if spec.name == "lenet300" else [])
+        variants = ["dense", "lottery", "modelpruning"] + (["bare", "noop", "gradmask"] if spec.name == "lenet300"
+                                                             else [])
         log(f"steps: {spec.name} {tuple(spec.input_shape)}, variants {variants}, "
             f"{args.warmup_blocks}+{args.rounds} blocks of {args.block}")
         t0 = time.perf_counter()

@@ -16,6 +16,10 @@ average before and after. Candidates (all ship with torch; the names are those i
 * ``dense_at_csc`` ``x @ Wᵀ`` with ``Wᵀ`` as a CSR matrix (dense × sparse)
 * ``coo_fm``       ``torch.sparse.addmm(b, W_coo, xᵀ)`` (COO, torch's own kernel)
 * ``bsr4_fm``      ``W`` as BSR with 4×4 blocks (unstructured masks fill few entries of a block)
+* ``scipy_fm``     scipy's CSR × dense (``scipy.sparse.csr_array @ xᵀ``, on numpy views) plus the bias
+* ``numba_fm``     only when ``numba`` is installed (``pip install numba``; not a dependency): a CSR × dense loop of
+                   our own, compiled by numba (``fastmath``), that adds ``w_ij · xᵀ[j, :]`` into each output row;
+                   the inner loop over the batch vectorizes. It shows what a kernel outside torch can reach here.
 """
 
 from __future__ import annotations
@@ -41,6 +45,30 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 warnings.filterwarnings("ignore", message=".*[Ss]parse.*")
 
 
+def _numba_kernel() -> Callable[..., object] | None:
+    """``out[i, :] = b[i] + Σ_k val[k] · x[col[k], :]`` over row i's nonzeros, compiled by numba; None without it."""
+    try:
+        import numba
+    except ImportError:
+        return None
+
+    @numba.njit(fastmath=True, cache=False)
+    def csr_times_dense(crow, col, val, bias, x, out):  # type: ignore[no-untyped-def]
+        for i in range(crow.shape[0] - 1):
+            row = out[i]
+            row[:] = bias[i]
+            for k in range(crow[i], crow[i + 1]):
+                v, src = val[k], x[col[k]]
+                for t in range(x.shape[1]):
+                    row[t] += v * src[t]
+        return out
+
+    return csr_times_dense
+
+
+NUMBA_KERNEL = _numba_kernel()
+
+
 def candidates(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
     """Name -> a call returning ``x Wᵀ + b`` in batch-major ``[batch, out]`` or feature-major ``[out, batch]``."""
     csr = w.to_sparse_csr()
@@ -63,6 +91,15 @@ def candidates(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> dict[str, C
     if w.shape[0] % 4 == 0 and w.shape[1] % 4 == 0:
         bsr = w.to_sparse_bsr((4, 4))
         out["bsr4_fm"] = lambda: torch.addmm(b1, bsr, xt)
+    import scipy.sparse
+
+    sp, xtn, b1n = scipy.sparse.csr_array(w.numpy()), xt.numpy(), b1.numpy()
+    out["scipy_fm"] = lambda: torch.from_numpy(sp @ xtn + b1n)
+    if NUMBA_KERNEL is not None:
+        kernel = NUMBA_KERNEL
+        parts = (csr32.crow_indices().numpy(), csr32.col_indices().numpy(), csr32.values().numpy())
+        y = torch.empty(w.shape[0], x.shape[0])
+        out["numba_fm"] = lambda: torch.from_numpy(kernel(*parts, b.numpy(), xtn, y.numpy()))
     return out
 
 
