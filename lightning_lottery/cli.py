@@ -42,6 +42,8 @@ from lightning_lottery.pruning import PruningError
 from lightning_lottery.recipe_files import recipe_listing, resolve_recipes
 from lightning_lottery.store import ExperimentMismatchError
 from lightning_lottery.tracking import WandbSettings
+from lightning_lottery.trainer_args import add_trainer_arguments
+from lightning_lottery.trainer_args import trainer_kwargs as _trainer_kwargs
 
 #: Errors caused by the user's input or files: one line, no traceback.
 USER_ERRORS = (DataNotFoundError, MaskError, PruningError, ExperimentMismatchError, FileNotFoundError,
@@ -106,8 +108,7 @@ def _recipe_parser(description: str) -> ArgumentParser:
                         help="a YAML recipe: a file, or the name of a packaged recipe (lightning-lottery recipes)")
     parser.add_subclass_arguments(pl.LightningModule, "model", required=True, help="the network (a LightningModule)")
     parser.add_subclass_arguments(pl.LightningDataModule, "data", required=True, help="the data (a LightningDataModule)")
-    parser.add_class_arguments(pl.Trainer, "trainer", instantiate=False,
-                               skip={"enable_checkpointing", "default_root_dir"}, fail_untyped=False)
+    add_trainer_arguments(parser)
     parser.add_subclass_arguments(OPTIMIZER_BASES, "optimizer", instantiate=False, fail_untyped=False,
                                   skip={"params"}, required=False,
                                   help="any torch.optim optimizer for the model's parameters (replaces the model's "
@@ -297,11 +298,6 @@ def _logger_factory(template: Any) -> Any:
     if template is False:
         return False
     return lambda info: copy.deepcopy(template)
-
-
-def _trainer_kwargs(trainer: Namespace) -> dict[str, Any]:
-    kwargs = dict(vars(trainer))
-    return {k: (v.as_dict() if isinstance(v, Namespace) else v) for k, v in kwargs.items()}
 
 
 def run_recipes(parser: ArgumentParser, cfg: Namespace) -> int:
