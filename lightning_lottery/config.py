@@ -108,7 +108,8 @@ class LotteryConfig:
             unit's fan-in, the 2 best-scored alive ones stay), the pattern ``export --format 2:4`` runs on GPUs.
         include: fnmatch patterns of parameters to prune (default: weights of Linear and Conv layers).
         exclude: fnmatch patterns of parameters never to prune.
-        val_every_n_steps: validate every this many training batches (the paper: 100); ``None`` keeps the trainer's.
+        val_every_n_steps: validate every this many training batches (the paper: 100); ``None`` keeps the trainer's
+            ``val_check_interval`` / ``check_val_every_n_epoch`` (setting one of those as well is an error).
         seed: global seed set before every level.
         out_dir: the experiment directory.
         name: experiment name (the id is ``name-<hash>``).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -72,6 +73,9 @@ class Lazy(TinyMLP):
     (NoValLoss, {}, None, "does not log 'val_loss'.*logged: val_accuracy"),
     (NoTestAcc, {}, None, "does not log 'test_acc'.*logged: test_loss"),
     (NoTestStep, {}, None, "has no test_step"),
+    (TinyMLP, {}, dict(TRAINER, val_check_interval=3), "trainer.val_check_interval=3 and lottery.val_every_n_steps=4 "
+     "both set when to validate"),
+    (TinyMLP, {}, dict(TRAINER, check_val_every_n_epoch=2), "trainer.check_val_every_n_epoch=2 and lottery"),
 ])
 def test_mistakes_are_caught_before_anything_is_written(tmp_path, make, settings, trainer, message):
     out = tmp_path / "exp"
@@ -86,6 +90,16 @@ def test_an_epoch_budget_holds_its_rewind_point(tmp_path):
     assert scheduler(tmp_path / "a", trainer=trainer, rewind_to="1ep").preflight().budget.steps == 24
     with pytest.raises(PreflightError, match="budget of 2 epochs"):
         scheduler(tmp_path / "b", trainer=trainer, rewind_to="2ep").preflight()
+
+
+def test_the_trainers_validation_cadence_is_kept_when_the_lotterys_is_null(tmp_path):
+    sched = scheduler(tmp_path / "exp", trainer=dict(TRAINER, val_check_interval=3, check_val_every_n_epoch=None),
+                      val_every_n_steps=None)
+    sched.run()
+    metrics = sorted((tmp_path / "exp").rglob("metrics.json"))
+    assert len(metrics) == 2  # levels 0 and 1
+    for path in metrics:
+        assert [h["step"] for h in json.loads(path.read_text())["val_history"]] == [3, 6, 9, 12]
 
 
 def test_a_fixed_rerun_after_a_failed_preflight_is_accepted(tmp_path):
@@ -122,6 +136,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     (["--lottery.rewind_to", "99999it"], "not inside level 0's training budget"),
     (["--trainer.max_steps", "x"], "trainer.max_steps"),
     (["--lottery.exclude", "[nope]"], "exclude pattern 'nope'"),
+    (["--trainer.val_check_interval", "5"], "set lottery.val_every_n_steps: null to keep the trainer's"),
 ])
 def test_command_line_mistakes_are_one_line(tmp_path, capsys, args, message):
     out = tmp_path / "exp"
