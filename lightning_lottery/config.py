@@ -252,6 +252,13 @@ class LotteryConfig:
         ``stability.at`` (every candidate is copied too)."""
         return self.stability.at[0] if self.rewind_to == AUTO and self.stability is not None else self.rewind_to
 
+    @property
+    def validation_cadence(self) -> dict[str, Any]:
+        """The ``Trainer`` arguments ``val_every_n_steps`` sets in every run (none when it is ``None``)."""
+        if self.val_every_n_steps is None:
+            return {}
+        return {"val_check_interval": self.val_every_n_steps, "check_val_every_n_epoch": None}
+
     def _check_structure(self) -> None:
         if self.structure not in ("unstructured", "units"):
             raise ValueError(f"lottery.structure must be 'unstructured' or 'units', got {self.structure!r}")

@@ -151,9 +151,8 @@ class Executor:
         kwargs.setdefault("enable_progress_bar", False)
         kwargs.setdefault("enable_model_summary", False)
         kwargs["logger"] = loggers if loggers else False
-        if cfg.val_every_n_steps is not None:
-            kwargs["val_check_interval"] = cfg.val_every_n_steps
-            kwargs["check_val_every_n_epoch"] = None
+        if cfg.validation_cadence:
+            kwargs.update(cfg.validation_cadence)
             if kwargs.get("num_sanity_val_steps") is None:
                 kwargs["num_sanity_val_steps"] = 0
         if max_steps is not None:  # a later level trains to the same final step as level 0

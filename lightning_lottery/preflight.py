@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from collections.abc import Mapping
@@ -90,16 +91,17 @@ def _check_rewind(rewind_to: str, budget: Budget, key: str = "lottery.rewind_to"
                              f"{unit} ({budget}); choose an earlier rewind point or train longer")
 
 
-def _check_validation(val_every_n_steps: int | None, trainer_kwargs: Mapping[str, Any]) -> None:
-    """``lottery.val_every_n_steps`` sets the trainer's validation cadence: a cadence of the trainer's own would be
-    overridden, so both at once is an error."""
-    theirs = {k: trainer_kwargs.get(k) for k in ("val_check_interval", "check_val_every_n_epoch")}
-    theirs = {k: v for k, v in theirs.items() if v is not None and not (k == "check_val_every_n_epoch" and v == 1)}
-    if val_every_n_steps is not None and theirs:
+def _check_validation(config: LotteryConfig, trainer_kwargs: Mapping[str, Any]) -> None:
+    """``lottery.val_every_n_steps`` sets the trainer's validation cadence: a cadence of the trainer's own (not
+    Lightning's default) would be overridden, so both at once is an error."""
+    defaults = inspect.signature(pl.Trainer).parameters
+    theirs = {k: trainer_kwargs.get(k) for k in config.validation_cadence}
+    theirs = {k: v for k, v in theirs.items() if v is not None and v != defaults[k].default}
+    if theirs:
         given = ", ".join(f"trainer.{k}={v}" for k, v in theirs.items())
-        raise PreflightError(f"{given} and lottery.val_every_n_steps={val_every_n_steps} both set when to validate, "
-                             "and lottery's would win: set lottery.val_every_n_steps: null to keep the trainer's, "
-                             "or drop the trainer's")
+        raise PreflightError(f"{given} and lottery.val_every_n_steps={config.val_every_n_steps} both set when to "
+                             "validate, and lottery's would win: set lottery.val_every_n_steps: null to keep the "
+                             "trainer's, or drop the trainer's")
 
 
 def _check_out_dir(out_dir: str) -> None:
@@ -244,7 +246,7 @@ def preflight(model: pl.LightningModule, datamodule: pl.LightningDataModule, con
     except (MaskError, PruningError) as err:
         raise PreflightError(f"lottery: {err}") from None
     _check_out_dir(config.out_dir)
-    _check_validation(config.val_every_n_steps, trainer_kwargs)
+    _check_validation(config, trainer_kwargs)
     budget = training_budget(trainer_kwargs, _batches_per_epoch(datamodule, trainer_kwargs))
     _check_rewind(config.level0_rewind_to, budget)
     for at in config.stability.at if config.stability is not None else ():
